@@ -1,0 +1,44 @@
+"""The DeepLabV3+ decoder (reference `refine_by_decoder`), NHWC.
+
+The seed's "simple upsampling" decoder has no module of its own: the model
+applies the classifier to the head's output and resizes the logits to the
+input size (see `deeplab.DeepLab`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from deeplab_jax.models.layers import (ConvBN, LayerOptions, SeparableConvBN,
+                                       resize_bilinear)
+
+Array = jax.Array
+
+
+class DeepLabV3PlusDecoder(nnx.Module):
+  """Fuses the encoder output with the stride-4 backbone features.
+
+  low-level features -> 1x1 conv to `low_level_channels` (48); encoder output
+  resized (align corners) to their size; concat [encoder, low-level]; two
+  separable 3x3 convs with `channels` (256) outputs.
+  """
+
+  def __init__(self, encoder_channels: int, low_level_in_channels: int, *,
+               low_level_channels: int = 48, channels: int = 256,
+               options: LayerOptions = LayerOptions(), rngs: nnx.Rngs):
+    self.feature_projection = ConvBN(low_level_in_channels, low_level_channels,
+                                     1, options=options, rngs=rngs)
+    self.decoder_conv0 = SeparableConvBN(encoder_channels + low_level_channels,
+                                         channels, options=options, rngs=rngs)
+    self.decoder_conv1 = SeparableConvBN(channels, channels, options=options,
+                                         rngs=rngs)
+    self.out_channels = channels
+
+  def __call__(self, encoder_out: Array, low_level: Array) -> Array:
+    """[N, h, w, C] encoder output + [N, H/4, W/4, C_low] -> [N, H/4, W/4, 256]."""
+    low = self.feature_projection(low_level)
+    encoder_out = resize_bilinear(encoder_out, low.shape[1:3])
+    x = jnp.concatenate([encoder_out, low], axis=-1)
+    return self.decoder_conv1(self.decoder_conv0(x))

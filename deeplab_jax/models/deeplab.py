@@ -1,0 +1,144 @@
+"""The assembled DeepLab model and its construction from `config.model`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from deeplab_jax.config import effective_rate_multiplier
+from deeplab_jax.models.decoder import DeepLabV3PlusDecoder
+from deeplab_jax.models.heads import ASPP, DensePredictionCell, scale_rates
+from deeplab_jax.models.layers import LayerOptions, resize_bilinear
+from deeplab_jax.models.mobilenet_v2 import MobileNetV2
+
+Array = jax.Array
+
+DTYPES = {'float32': None, 'bfloat16': jnp.bfloat16}
+
+
+class DeepLab(nnx.Module):
+  """backbone -> head (ASPP or DPC) -> [DeepLabV3+ decoder] -> classifier.
+
+  The classifier (`logits`, reference scope `logits/semantic`) is a conv with
+  bias and no BatchNorm; its output is resized to the input size with
+  align-corners bilinear interpolation, as the reference does before the loss
+  and the argmax.
+  """
+
+  def __init__(self, backbone: MobileNetV2,
+               head: ASPP | DensePredictionCell,
+               decoder: DeepLabV3PlusDecoder | None, *, num_classes: int,
+               classifier_kernel_size: int = 1,
+               classifier_use_bias: bool = True, dtype: Any = None,
+               rngs: nnx.Rngs):
+    self.backbone = backbone
+    self.head = head
+    self.decoder = decoder
+    in_features = decoder.out_channels if decoder else head.out_channels
+    self.logits = nnx.Conv(
+        in_features, num_classes,
+        (classifier_kernel_size, classifier_kernel_size), padding='SAME',
+        use_bias=classifier_use_bias, dtype=dtype,
+        kernel_init=nnx.initializers.truncated_normal(0.01), rngs=rngs)
+    self.num_classes = num_classes
+
+  def __call__(self, images: Array, *, rngs: nnx.Rngs | None = None,
+               upsample: bool = True) -> Array:
+    """Per-pixel class logits.
+
+    Args:
+      images: [N, H, W, 3] float, normalised to [-1, 1] (pixel / 127.5 - 1).
+      rngs: dropout randomness (needed only in training mode).
+      upsample: resize the logits to [H, W]; False returns them at the
+        decoder's stride (4) or the output stride.
+
+    Returns:
+      float32 logits (not probabilities), [N, H, W, num_classes].
+    """
+    endpoints = self.backbone(images)
+    x = self.head(endpoints['features'], rngs=rngs)
+    if self.decoder is not None:
+      x = self.decoder(x, endpoints['low_level'])
+    logits = self.logits(x).astype(jnp.float32)
+    if upsample:
+      logits = resize_bilinear(logits, images.shape[1:3])
+    return logits
+
+
+def create_model(model_config: Any, *, output_stride: int | None = None,
+                 rngs: nnx.Rngs | None = None) -> DeepLab:
+  """Builds the model `config.model` describes.
+
+  Args:
+    model_config: `config.model` (validated by `validate_model_config`).
+    output_stride: overrides `model_config.output_stride` (e.g. the eval
+      stride); parameters do not depend on it.
+    rngs: initialisation randomness; default nnx.Rngs(0).
+
+  Returns:
+    The model in training mode (BatchNorm on batch statistics, dropout on).
+  """
+  m = model_config
+  rngs = rngs if rngs is not None else nnx.Rngs(0)
+  output_stride = output_stride or m.output_stride
+  dtype = DTYPES[m.dtype]
+  backbone_options = LayerOptions(
+      bn_momentum=m.backbone.bn_momentum, bn_epsilon=m.backbone.bn_epsilon,
+      bn_scale=True, dtype=dtype, depthwise_impl=m.depthwise_impl)
+  options = LayerOptions(
+      bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon,
+      bn_scale=m.bn_scale, dtype=dtype, depthwise_impl=m.depthwise_impl)
+  backbone = MobileNetV2(
+      depth_multiplier=m.backbone.depth_multiplier,
+      channel_rounding=m.backbone.channel_rounding,
+      output_stride=output_stride, options=backbone_options, rngs=rngs)
+  h = m.head
+  multiplier = effective_rate_multiplier(h, output_stride)
+  common = dict(
+      channels=h.channels, projection_channels=h.projection_channels,
+      separable_depth_multiplier=h.separable_depth_multiplier,
+      dropout_rate=h.dropout_rate, dropout_on_concat=h.dropout_on_concat,
+      dropout_on_projection=h.dropout_on_projection, options=options,
+      rngs=rngs)
+  if h.type == 'aspp':
+    head = ASPP(backbone.out_channels,
+                atrous_rates=scale_rates(h.atrous_rates, multiplier),
+                image_pooling=h.image_pooling, **common)
+  elif h.type == 'dpc':
+    head = DensePredictionCell(backbone.out_channels, list(h.dpc_branches),
+                               rate_multiplier=multiplier, **common)
+  else:
+    raise ValueError(f'Unknown head type {h.type!r}.')
+  decoder = None
+  if m.decoder.type == 'deeplabv3plus':
+    decoder = DeepLabV3PlusDecoder(
+        head.out_channels, backbone.low_level_channels,
+        low_level_channels=m.decoder.low_level_channels,
+        channels=m.decoder.channels, options=options, rngs=rngs)
+  return DeepLab(backbone, head, decoder, num_classes=m.num_classes,
+                 classifier_kernel_size=m.classifier_kernel_size,
+                 classifier_use_bias=m.classifier_use_bias, dtype=dtype,
+                 rngs=rngs)
+
+
+def inference_view(model: nnx.Module) -> nnx.Module:
+  """The same model (shared arrays) with moving BN statistics, no dropout."""
+  return nnx.view(model, deterministic=True, use_running_average=True)
+
+
+def with_output_stride(model: DeepLab, model_config: Any,
+                       output_stride: int) -> DeepLab:
+  """The same weights in a model built for another output stride.
+
+  Strides and dilation rates are part of the model's structure, not of its
+  parameters, so evaluating at OS 8 a model trained at OS 16 means building
+  the OS-8 structure (abstractly, without initialising) and filling it with
+  the trained state.
+  """
+  abstract = nnx.eval_shape(
+      lambda: create_model(model_config, output_stride=output_stride))
+  graphdef, _ = nnx.split(abstract)
+  return nnx.merge(graphdef, nnx.state(model))

@@ -1,0 +1,173 @@
+"""Encoder heads on top of the backbone features (NHWC).
+
+* `ASPP`: image pooling, a 1x1 branch and atrous separable 3x3 branches,
+  concatenated and projected (reference `extract_features`). With no atrous
+  rates it is the reference MobileNetV2 head that the published PASCAL
+  checkpoints use (image pooling + 1x1 only).
+* `DensePredictionCell`: branches wired by a list of specs (the seed's
+  `encoder_middle_conf`, the reference `dense_prediction_cell.py`), each
+  reading the backbone features or an earlier branch.
+
+Rates passed in here are final dilation rates; `deeplab.create_model` scales
+the config's output-stride-16 rates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+from deeplab_jax.models.layers import (ConvBN, LayerOptions, SeparableConvBN,
+                                       resize_bilinear)
+
+Array = jax.Array
+
+
+def scale_rates(rates: Sequence[int], multiplier: float) -> tuple[int, ...]:
+  """Rates times multiplier, rounded, at least 1 (OS 32 halves OS 16 rates)."""
+  return tuple(max(1, int(round(r * multiplier))) for r in rates)
+
+
+def _image_pooling(x: Array, conv: ConvBN) -> Array:
+  """Global average pool -> 1x1 conv -> resize back (align corners)."""
+  pooled = conv(jnp.mean(x, axis=(1, 2), keepdims=True))
+  return resize_bilinear(pooled, x.shape[1:3])
+
+
+class ASPP(nnx.Module):
+  """Atrous spatial pyramid pooling with separable atrous branches.
+
+  Branch order in the concat follows the reference: [image_pooling, aspp0,
+  aspp1, ...]; then `concat_projection` (1x1, BN, ReLU) and dropout.
+  """
+
+  def __init__(self, in_features: int, *, channels: int = 256,
+               projection_channels: int = 256,
+               atrous_rates: Sequence[int] = (6, 12, 18),
+               image_pooling: bool = True, separable_depth_multiplier: int = 1,
+               dropout_rate: float = 0.1, dropout_on_concat: bool = False,
+               dropout_on_projection: bool = True,
+               options: LayerOptions = LayerOptions(), rngs: nnx.Rngs):
+    self.image_pooling = (
+        ConvBN(in_features, channels, 1, options=options, rngs=rngs)
+        if image_pooling else None)
+    self.aspp0 = ConvBN(in_features, channels, 1, options=options, rngs=rngs)
+    self.atrous = nnx.List([
+        SeparableConvBN(in_features, channels, rate=rate,
+                        depth_multiplier=separable_depth_multiplier,
+                        options=options, rngs=rngs) for rate in atrous_rates
+    ])
+    num_branches = 1 + len(atrous_rates) + int(image_pooling)
+    self.concat_projection = ConvBN(num_branches * channels,
+                                    projection_channels, 1, options=options,
+                                    rngs=rngs)
+    self.dropout = nnx.Dropout(dropout_rate)
+    self.dropout_on_concat = dropout_on_concat
+    self.dropout_on_projection = dropout_on_projection
+    self.out_channels = projection_channels
+
+  def __call__(self, features: Array, *, rngs: nnx.Rngs | None = None
+               ) -> Array:
+    """[N, h, w, C_in] backbone features -> [N, h, w, projection_channels]."""
+    branches = []
+    if self.image_pooling is not None:
+      branches.append(_image_pooling(features, self.image_pooling))
+    branches.append(self.aspp0(features))
+    branches.extend(branch(features) for branch in self.atrous)
+    x = jnp.concatenate(branches, axis=-1)
+    if self.dropout_on_concat:
+      x = self.dropout(x, rngs=rngs)
+    x = self.concat_projection(x)
+    if self.dropout_on_projection:
+      x = self.dropout(x, rngs=rngs)
+    return x
+
+
+@dataclasses.dataclass(frozen=True)
+class BranchSpec:
+  """One DPC branch: op 'conv' (kernel 1 or 3) or 'pyramid_pooling'."""
+  op: str
+  kernel: int
+  rate: tuple[int, int]
+  input: int
+  grid_size: tuple[int, int] | None = None
+
+  @classmethod
+  def from_config(cls, spec: Mapping[str, Any]) -> 'BranchSpec':
+    grid = spec.get('grid_size')
+    return cls(op=spec['op'], kernel=int(spec['kernel']),
+               rate=tuple(int(r) for r in spec['rate']),
+               input=int(spec['input']),
+               grid_size=tuple(int(g) for g in grid) if grid else None)
+
+
+def _pyramid_pool(x: Array, grid: tuple[int, int]) -> Array:
+  """The reference's pyramid pooling window: a VALID, stride-1 average pool
+  whose window covers 1/grid of the feature map."""
+  h, w = x.shape[1], x.shape[2]
+  window = (int((h - 1) / grid[0] + 1), int((w - 1) / grid[1] + 1))
+  summed = lax.reduce_window(x, jnp.zeros((), x.dtype), lax.add,
+                             (1, *window, 1), (1, 1, 1, 1), 'VALID')
+  return summed / (window[0] * window[1])
+
+
+class DensePredictionCell(nnx.Module):
+  """A Dense Prediction Cell (Chen et al. 2018) from a list of branch specs.
+
+  Branch outputs are concatenated in order, dropout (on the concat by
+  default, as in the reference), then `concat_projection` (1x1, BN, ReLU).
+  """
+
+  def __init__(self, in_features: int, branches: Sequence[Mapping[str, Any]],
+               *, channels: int = 256, projection_channels: int = 256,
+               rate_multiplier: float = 1.0,
+               separable_depth_multiplier: int = 1, dropout_rate: float = 0.1,
+               dropout_on_concat: bool = True,
+               dropout_on_projection: bool = False,
+               options: LayerOptions = LayerOptions(), rngs: nnx.Rngs):
+    self.specs = tuple(BranchSpec.from_config(b) for b in branches)
+    layers = []
+    for spec in self.specs:
+      c_in = in_features if spec.input < 0 else channels
+      if spec.op == 'conv' and spec.kernel == 3:
+        layers.append(
+            SeparableConvBN(c_in, channels,
+                            rate=scale_rates(spec.rate, rate_multiplier),
+                            depth_multiplier=separable_depth_multiplier,
+                            options=options, rngs=rngs))
+      else:  # 1x1 conv, or the 1x1 conv after pyramid pooling.
+        layers.append(ConvBN(c_in, channels, 1, options=options, rngs=rngs))
+    self.branches = nnx.List(layers)
+    self.concat_projection = ConvBN(
+        len(self.specs) * channels, projection_channels, 1, options=options,
+        rngs=rngs)
+    self.dropout = nnx.Dropout(dropout_rate)
+    self.dropout_on_concat = dropout_on_concat
+    self.dropout_on_projection = dropout_on_projection
+    self.out_channels = projection_channels
+
+  def __call__(self, features: Array, *, rngs: nnx.Rngs | None = None
+               ) -> Array:
+    """[N, h, w, C_in] backbone features -> [N, h, w, projection_channels]."""
+    outputs = []
+    for spec, layer in zip(self.specs, self.branches):
+      x = features if spec.input < 0 else outputs[spec.input]
+      if spec.op == 'pyramid_pooling':
+        y = layer(_pyramid_pool(x, spec.grid_size))
+        y = resize_bilinear(y, x.shape[1:3])
+      else:
+        y = layer(x)
+      outputs.append(y)
+    x = jnp.concatenate(outputs, axis=-1)
+    if self.dropout_on_concat:
+      x = self.dropout(x, rngs=rngs)
+    x = self.concat_projection(x)
+    if self.dropout_on_projection:
+      x = self.dropout(x, rngs=rngs)
+    return x

@@ -1,0 +1,37 @@
+"""Assigning arrays to model variables with shape checks."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from deeplab_jax.errors import WeightImportError
+
+
+def assign(variable: nnx.Variable, value: np.ndarray, name: str) -> None:
+  """Copies `value` into `variable`, naming `name` if the shapes differ."""
+  value = np.asarray(value)
+  if tuple(variable.shape) != tuple(value.shape):
+    raise WeightImportError(
+        f'{name}: the file has shape {tuple(value.shape)} but the model '
+        f'expects {tuple(variable.shape)}. Check that the config (depth '
+        'multiplier, channel rounding, head, num_classes) matches the weights.')
+  variable[...] = jnp.asarray(value, dtype=variable[...].dtype)
+
+
+def set_batch_norm(bn: nnx.BatchNorm, name: str, *, gamma=None, beta=None,
+                   mean=None, var=None) -> None:
+  """Sets the given BatchNorm variables (None leaves one as it is)."""
+  if gamma is not None:
+    if bn.scale is None:
+      raise WeightImportError(
+          f'{name}: the weights have a BatchNorm scale (gamma) but the model '
+          'was built with bn_scale=False; set config.model.bn_scale=True.')
+    assign(bn.scale, gamma, f'{name}/gamma')
+  if beta is not None:
+    assign(bn.bias, beta, f'{name}/beta')
+  if mean is not None:
+    assign(bn.mean, mean, f'{name}/moving_mean')
+  if var is not None:
+    assign(bn.var, var, f'{name}/moving_variance')

@@ -1,0 +1,86 @@
+"""Keras `keras.applications.MobileNetV2` weights -> our MobileNetV2 backbone.
+
+Keras names: Conv1 + bn_Conv1 (stem); block 0 is `expanded_conv_*` (no
+expand); blocks 1..16 are `block_<i>_{expand,depthwise,project}` each with a
+`_BN`. Keras rounds every width to a multiple of 8, so the backbone must be
+built with channel_rounding='keras' (identical to 'deeplab' at alpha 1.0).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from deeplab_jax.errors import MissingDependencyError, WeightImportError
+from deeplab_jax.models.layers import ConvBN
+from deeplab_jax.models.mobilenet_v2 import MobileNetV2
+from deeplab_jax.weights.common import assign, set_batch_norm
+
+
+def _keras_weights(keras_model: Any) -> dict[str, np.ndarray]:
+  """{'layer/variable': array} for every weight of a Keras model."""
+  out = {}
+  for layer in keras_model.layers:
+    for w in layer.weights:
+      out[f'{layer.name}/{w.name.split("/")[-1].split(":")[0]}'] = np.asarray(
+          w.numpy())
+  return out
+
+
+def _load_conv_bn(target: ConvBN, weights: dict[str, np.ndarray], conv: str,
+                  bn: str, depthwise: bool = False) -> None:
+  key = f'{conv}/kernel'
+  if depthwise and key not in weights:  # Keras 2 name.
+    key = f'{conv}/depthwise_kernel'
+  if key not in weights:
+    raise WeightImportError(f'The Keras model has no weight {key!r}.')
+  kernel = weights[key]
+  if depthwise:  # Keras [kh, kw, C, multiplier] -> grouped HWIO [kh, kw, 1, C*m]
+    kh, kw, c, m = kernel.shape
+    kernel = kernel.reshape(kh, kw, 1, c * m)
+  assign(target.conv.kernel, kernel, key)
+  set_batch_norm(
+      target.bn, bn, gamma=weights.get(f'{bn}/gamma'),
+      beta=weights[f'{bn}/beta'], mean=weights[f'{bn}/moving_mean'],
+      var=weights[f'{bn}/moving_variance'])
+
+
+def load_keras_mobilenet_v2(backbone: MobileNetV2, keras_model: Any) -> None:
+  """Copies a Keras MobileNetV2's weights (and BN statistics) in place."""
+  weights = _keras_weights(keras_model)
+  _load_conv_bn(backbone.stem, weights, 'Conv1', 'bn_Conv1')
+  for i, block in enumerate(backbone.blocks):
+    prefix = 'expanded_conv_' if i == 0 else f'block_{i}_'
+    if block.expand is not None:
+      _load_conv_bn(block.expand, weights, prefix + 'expand',
+                    prefix + 'expand_BN')
+    _load_conv_bn(block.depthwise, weights, prefix + 'depthwise',
+                  prefix + 'depthwise_BN', depthwise=True)
+    _load_conv_bn(block.project, weights, prefix + 'project',
+                  prefix + 'project_BN')
+
+
+def keras_mobilenet_v2(alpha: float, weights: str | None = 'imagenet',
+                       input_size: int = 224) -> Any:
+  """A Keras MobileNetV2 without its top (KERAS_BACKEND=jax, no TensorFlow).
+
+  weights='imagenet' downloads Keras's published ImageNet weights (online);
+  a path loads a local `.weights.h5` / `.h5` file; None keeps random weights.
+  """
+  os.environ.setdefault('KERAS_BACKEND', 'jax')
+  try:
+    import keras  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise MissingDependencyError(
+        'ImageNet initialisation needs Keras 3: pip install keras') from e
+  local = weights not in (None, 'imagenet')
+  model = keras.applications.MobileNetV2(
+      input_shape=(input_size, input_size, 3), alpha=alpha,
+      include_top=False, weights=None if local else weights)
+  if local:
+    if not os.path.exists(weights):
+      raise WeightImportError(f'Keras weights file {weights!r} does not exist.')
+    model.load_weights(weights, skip_mismatch=False)
+  return model

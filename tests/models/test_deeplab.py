@@ -1,0 +1,94 @@
+"""The assembled model: output shapes at every output stride, variants."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from deeplab_jax.models import (create_model, format_summary, inference_view,
+                                with_output_stride)
+from tests.conftest import tiny_model_config
+
+
+def _shapes(model_config, output_stride, size):
+  model = nnx.eval_shape(
+      lambda: create_model(model_config, output_stride=output_stride))
+  images = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+  graphdef, state = nnx.split(inference_view(model))
+  def run(state, images):
+    m = nnx.merge(graphdef, state)
+    endpoints = m.backbone(images)
+    return endpoints['features'], endpoints['low_level'], m(images)
+  return jax.eval_shape(run, state, images)
+
+
+@pytest.mark.parametrize('size', [257, 321, 513])
+@pytest.mark.parametrize('output_stride', [8, 16, 32])
+def test_output_shapes_for_odd_sizes(output_stride, size):
+  features, low, logits = _shapes(tiny_model_config(), output_stride, size)
+  feature_size = -(-size // output_stride)  # TF 'SAME': ceil.
+  assert features.shape[1:3] == (feature_size, feature_size)
+  # Reference rule for these sizes: (size - 1) / os + 1.
+  assert feature_size == (size - 1) // output_stride + 1
+  assert low.shape[1:3] == (-(-size // 4),) * 2
+  assert logits.shape == (2, size, size, 21)
+  assert logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize('head,decoder', [('dpc', 'upsample'),
+                                          ('aspp', 'upsample'),
+                                          ('dpc', 'deeplabv3plus')])
+def test_head_and_decoder_variants(head, decoder):
+  config = tiny_model_config(**{'head.type': head, 'decoder.type': decoder,
+                                'num_classes': 5})
+  _, _, logits = _shapes(config, 8, 65)
+  assert logits.shape == (2, 65, 65, 5)
+
+
+def test_forward_backward_runs_and_is_finite():
+  model = create_model(tiny_model_config(**{'num_classes': 3}),
+                       output_stride=16)
+  images = jax.random.uniform(jax.random.PRNGKey(0), (2, 33, 33, 3), minval=-1)
+  @nnx.jit
+  def value_and_grad(model):
+    def loss(model):
+      logits = model(images, rngs=nnx.Rngs(dropout=1))
+      return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+    return nnx.value_and_grad(loss)(model)
+  value, grads = value_and_grad(model)
+  assert np.isfinite(float(value))
+  leaves = jax.tree_util.tree_leaves(grads)
+  assert leaves and all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+  assert any(float(jnp.abs(g).max()) > 0 for g in leaves)
+
+
+def test_with_output_stride_shares_weights_and_changes_resolution():
+  config = tiny_model_config(**{'num_classes': 3})
+  model = create_model(config, output_stride=16)
+  eval_model = with_output_stride(model, config, 8)
+  images = jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32)
+  def feature_size(m):
+    graphdef, state = nnx.split(m)
+    return jax.eval_shape(
+        lambda s, x: nnx.merge(graphdef, s).backbone(x)['features'], state,
+        images).shape[1]
+  assert feature_size(eval_model) == 5
+  assert feature_size(model) == 3
+  assert eval_model.head.atrous[0].depthwise.conv.kernel_dilation == (12, 12)
+  np.testing.assert_array_equal(eval_model.logits.kernel[...],
+                                model.logits.kernel[...])
+
+
+def test_summary_lists_every_module():
+  text = format_summary(create_model(tiny_model_config()))
+  for name in ('backbone', 'head', 'decoder', 'logits', 'total'):
+    assert name in text
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+  model = create_model(tiny_model_config(**{'dtype': 'bfloat16'}))
+  assert model.logits.kernel[...].dtype == jnp.float32
+  out = nnx.jit(lambda m, x: inference_view(m)(x))(model,
+                                                   jnp.zeros((1, 33, 33, 3)))
+  assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))

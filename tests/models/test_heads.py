@@ -1,0 +1,114 @@
+"""ASPP and Dense Prediction Cell structure and wiring."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from deeplab_jax.config import SEED_DPC_BRANCHES
+from deeplab_jax.models import create_model
+from deeplab_jax.models.heads import ASPP, DensePredictionCell
+from deeplab_jax.models.layers import SeparableConvBN
+from tests.conftest import tiny_model_config
+
+
+class _Spy(nnx.Module):
+  """Stands in for a branch: logs the value it reads, outputs its number."""
+
+  def __init__(self, index, channels, log):
+    self.index, self.channels, self.log = index, channels, log
+
+  def __call__(self, x):
+    self.log.append((self.index, float(x[0, 0, 0, 0])))
+    return jnp.full(x.shape[:3] + (self.channels,), float(self.index + 1))
+
+
+def test_dpc_branches_read_the_inputs_their_specs_name():
+  branches = [
+      {'kernel': 3, 'rate': [1, 6], 'op': 'conv', 'input': -1},
+      {'kernel': 3, 'rate': [18, 15], 'op': 'conv', 'input': 0},
+      {'kernel': 1, 'rate': [1, 1], 'op': 'conv', 'input': 1},
+      {'kernel': 3, 'rate': [1, 1], 'op': 'conv', 'input': -1},
+      {'kernel': 3, 'rate': [6, 21], 'op': 'conv', 'input': 2},
+  ]
+  dpc = DensePredictionCell(4, branches, channels=2, projection_channels=3,
+                            rngs=nnx.Rngs(0))
+  log = []
+  dpc.branches = nnx.List([_Spy(i, 2, log) for i in range(len(branches))])
+  out = nnx.view(dpc, deterministic=True, use_running_average=True)(
+      jnp.full((1, 5, 5, 4), -7.0))
+  # Branch i outputs i + 1, the backbone features are -7.
+  assert log == [(0, -7.0), (1, 1.0), (2, 2.0), (3, -7.0), (4, 3.0)]
+  assert out.shape == (1, 5, 5, 3)
+  assert dpc.concat_projection.conv.in_features == 5 * 2
+
+
+def test_dpc_rates_are_scaled_by_conv_rate_multiplier():
+  dpc = DensePredictionCell(8, [dict(b) for b in SEED_DPC_BRANCHES],
+                            channels=4, rate_multiplier=2, rngs=nnx.Rngs(0))
+  rates = [b.depthwise.conv.kernel_dilation for b in dpc.branches]
+  assert rates == [(2, 12), (36, 30), (12, 6), (2, 2), (12, 42)]
+  # A branch reading an earlier branch takes its channels, not the
+  # backbone's.
+  assert dpc.branches[0].depthwise.conv.in_features == 8
+  assert dpc.branches[1].depthwise.conv.in_features == 4
+
+
+def test_dpc_pyramid_pooling_branch():
+  branches = [{'kernel': 1, 'rate': [1, 1], 'op': 'pyramid_pooling',
+               'input': -1, 'grid_size': [2, 2]}]
+  dpc = DensePredictionCell(3, branches, channels=2, projection_channels=2,
+                            rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 3))
+  out = nnx.view(dpc, deterministic=True, use_running_average=True)(x)
+  assert out.shape == (2, 9, 9, 2)
+
+
+def test_aspp_branches_and_concat_order():
+  aspp = ASPP(8, channels=4, projection_channels=5, atrous_rates=(12, 24, 36),
+              rngs=nnx.Rngs(0))
+  assert [b.depthwise.conv.kernel_dilation for b in aspp.atrous] == [
+      (12, 12), (24, 24), (36, 36)
+  ]
+  assert all(isinstance(b, SeparableConvBN) for b in aspp.atrous)
+  # image pooling + aspp0 + 3 atrous branches.
+  assert aspp.concat_projection.conv.in_features == 5 * 4
+  y = nnx.view(aspp, deterministic=True, use_running_average=True)(
+      jnp.ones((1, 7, 7, 8)))
+  assert y.shape == (1, 7, 7, 5)
+
+
+def test_reference_mobilenet_head_has_only_pooling_and_1x1():
+  aspp = ASPP(8, channels=4, atrous_rates=(), rngs=nnx.Rngs(0))
+  assert len(aspp.atrous) == 0 and aspp.image_pooling is not None
+  assert aspp.concat_projection.conv.in_features == 2 * 4
+
+
+def test_image_pooling_branch_is_a_global_mean():
+  aspp = ASPP(3, channels=2, projection_channels=2, atrous_rates=(),
+              rngs=nnx.Rngs(0))
+  view = nnx.view(aspp, deterministic=True, use_running_average=True)
+  x = jax.random.normal(jax.random.PRNGKey(1), (1, 6, 6, 3))
+  pooled = view.image_pooling(jnp.mean(x, axis=(1, 2), keepdims=True))
+  # A shuffled image has the same mean, hence the same pooling branch.
+  shuffled = x.reshape(1, 36, 3)[:, ::-1].reshape(1, 6, 6, 3)
+  pooled2 = view.image_pooling(jnp.mean(shuffled, axis=(1, 2), keepdims=True))
+  np.testing.assert_allclose(pooled, pooled2, atol=1e-6)
+
+
+@pytest.mark.parametrize('output_stride,expected', [(16, (6, 12, 18)),
+                                                    (8, (12, 24, 36)),
+                                                    (32, (3, 6, 9))])
+def test_aspp_rates_follow_output_stride(output_stride, expected):
+  model = nnx.eval_shape(lambda: create_model(
+      tiny_model_config(), output_stride=output_stride))
+  got = tuple(b.depthwise.conv.kernel_dilation[0] for b in model.head.atrous)
+  assert got == expected
+
+
+def test_explicit_conv_rate_multiplier_wins():
+  model = nnx.eval_shape(lambda: create_model(
+      tiny_model_config(**{'head.conv_rate_multiplier': 3}), output_stride=8))
+  got = tuple(b.depthwise.conv.kernel_dilation[0] for b in model.head.atrous)
+  assert got == (18, 36, 54)

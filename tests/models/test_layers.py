@@ -1,0 +1,127 @@
+"""Depthwise fast path vs native conv, TF 'SAME' padding, resize semantics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax import lax
+
+from deeplab_jax.models import layers
+
+
+def _conv_pair(stride, rate, multiplier=1, size=(13, 10), channels=6):
+  kx, kw, kg = jax.random.split(jax.random.PRNGKey(stride * 10 + rate), 3)
+  x = jax.random.normal(kx, (2, *size, channels))
+  w = jax.random.normal(kw, (3, 3, 1, channels * multiplier))
+  def f(impl):
+    return lambda x, w: layers.depthwise_conv(x, w, stride, rate, impl)
+  return x, w, f, kg
+
+
+@pytest.mark.parametrize('rate', [1, 2, 4])
+@pytest.mark.parametrize('stride', [1, 2])
+def test_shifted_depthwise_matches_native_forward_and_gradients(stride, rate):
+  x, w, f, kg = _conv_pair(stride, rate)
+  fast, native = f('shifted')(x, w), f('native')(x, w)
+  assert fast.shape == native.shape == (2, -(-13 // stride), -(-10 // stride),
+                                        6)
+  np.testing.assert_allclose(fast, native, atol=1e-5)
+  cotangent = jax.random.normal(kg, native.shape)
+  def loss(impl):
+    return lambda x, w: jnp.sum(f(impl)(x, w) * cotangent)
+  gx_fast, gw_fast = jax.jit(jax.grad(loss('shifted'), (0, 1)))(x, w)
+  gx_nat, gw_nat = jax.jit(jax.grad(loss('native'), (0, 1)))(x, w)
+  # Kernel gradients sum ~2x13x10 products of O(1) terms.
+  np.testing.assert_allclose(gx_fast, gx_nat, atol=1e-5)
+  np.testing.assert_allclose(gw_fast, gw_nat, atol=1e-4, rtol=1e-5)
+
+
+def test_shifted_depthwise_with_channel_multiplier_and_anisotropic_rate():
+  x, w, f, _ = _conv_pair(1, 1, multiplier=2)
+  fast = layers.depthwise_conv(x, w, 1, (1, 3), 'shifted')
+  native = layers.depthwise_conv(x, w, 1, (1, 3), 'native')
+  np.testing.assert_allclose(fast, native, atol=1e-5)
+
+
+def test_fast_path_is_really_used_and_native_is_not():
+  x, w, f, _ = _conv_pair(1, 2)
+  fast_ir = jax.jit(f('shifted')).lower(x, w).as_text()
+  native_ir = jax.jit(f('native')).lower(x, w).as_text()
+  assert 'convolution' not in fast_ir
+  assert 'convolution' in native_ir
+
+
+def test_tf_same_padding_is_asymmetric_for_even_inputs():
+  # TF pads 0 before and 1 after for a stride-2 3x3 conv on an even size;
+  # PyTorch's padding=1 pads 1 on both sides and samples other pixels.
+  assert layers.tf_same_padding(8, 3, 2) == (0, 1)
+  assert layers.tf_same_padding(9, 3, 2) == (1, 1)
+  assert layers.tf_same_padding(33, 3, 1, rate=4) == (4, 4)
+  conv = layers.ConvBN(1, 1, 3, strides=2, activation=None,
+                       rngs=nnx.Rngs(0))
+  conv.conv.kernel[...] = jnp.ones((3, 3, 1, 1))
+  x = jnp.arange(64.0).reshape(1, 8, 8, 1)
+  out = nnx.view(conv, use_running_average=True)(x)[0, :, :, 0]
+  eps = conv.bn.epsilon
+  tf_style = lax.conv_general_dilated(x, jnp.ones((3, 3, 1, 1)), (2, 2),
+                                      ((0, 1), (0, 1)),
+                                      dimension_numbers=('NHWC', 'HWIO',
+                                                         'NHWC'))[0, :, :, 0]
+  torch_style = lax.conv_general_dilated(x, jnp.ones((3, 3, 1, 1)), (2, 2),
+                                         ((1, 1), (1, 1)),
+                                         dimension_numbers=('NHWC', 'HWIO',
+                                                            'NHWC'))[0, :, :,
+                                                                     0]
+  np.testing.assert_allclose(out * np.sqrt(1 + eps), tf_style, rtol=1e-6)
+  assert not np.allclose(out * np.sqrt(1 + eps), torch_style)
+
+
+def _numpy_align_corners(x, out_h, out_w):
+  """Independent loop implementation of TF1 resize_bilinear(align_corners)."""
+  n, h, w, c = x.shape
+  y = np.zeros((n, out_h, out_w, c))
+  for i in range(out_h):
+    sy = i * (h - 1) / (out_h - 1) if out_h > 1 else 0.0
+    y0 = int(np.floor(sy)); y1 = min(y0 + 1, h - 1); fy = sy - y0
+    for j in range(out_w):
+      sx = j * (w - 1) / (out_w - 1) if out_w > 1 else 0.0
+      x0 = int(np.floor(sx)); x1 = min(x0 + 1, w - 1); fx = sx - x0
+      top = x[:, y0, x0] * (1 - fx) + x[:, y0, x1] * fx
+      bottom = x[:, y1, x0] * (1 - fx) + x[:, y1, x1] * fx
+      y[:, i, j] = top * (1 - fy) + bottom * fy
+  return y
+
+
+@pytest.mark.parametrize('in_hw,out_hw', [((5, 4), (17, 13)), ((33, 33),
+                                                               (257, 257)),
+                                          ((9, 7), (3, 5)), ((1, 1), (4, 6))])
+def test_resize_bilinear_align_corners_matches_numpy(in_hw, out_hw):
+  x = np.random.default_rng(0).normal(size=(2, *in_hw, 3)).astype(np.float32)
+  got = layers.resize_bilinear(jnp.asarray(x), out_hw)
+  np.testing.assert_allclose(got, _numpy_align_corners(x, *out_hw),
+                             atol=1e-5)
+  # Corners map onto corners exactly.
+  np.testing.assert_allclose(got[:, 0, 0], x[:, 0, 0], atol=1e-6)
+  np.testing.assert_allclose(got[:, -1, -1], x[:, -1, -1], atol=1e-6)
+
+
+def test_align_corners_differs_from_jax_image_resize_half_pixel():
+  x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+  ours = layers.resize_bilinear(x, (7, 7))
+  half_pixel = jax.image.resize(x, (1, 7, 7, 1), 'bilinear')
+  # Along a row of 0, 1, 2, 3 resized to 7: align corners samples at
+  # j * 3/6 (output 1 -> 0.5); half-pixel at (j + 0.5) * 4/7 - 0.5 (-> 0.357).
+  assert float(ours[0, 0, 1, 0]) == pytest.approx(0.5)
+  assert float(half_pixel[0, 0, 1, 0]) == pytest.approx(1.5 * 4 / 7 - 0.5)
+  assert float(jnp.abs(ours - half_pixel).max()) > 0.1
+  # Our half-pixel mode does match jax.image.resize (upsampling).
+  np.testing.assert_allclose(
+      layers.resize_bilinear(x, (7, 7), align_corners=False), half_pixel,
+      atol=1e-5)
+
+
+def test_scale_dimension_matches_reference_rule():
+  assert layers.scale_dimension(513, 1 / 16) == 33
+  assert layers.scale_dimension(513, 1 / 4) == 129
+  assert layers.scale_dimension(513, 0.5) == 257

@@ -1,0 +1,158 @@
+"""Config validation: every bad value gets one message naming key and fix."""
+
+import importlib.util
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from deeplab_jax.config import (default_config, diagnose_override,
+                                validate_config)
+from deeplab_jax.errors import ConfigError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_FILES = sorted((REPO / 'configs').glob('*.py'))
+
+
+def _load(path):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.mark.parametrize('path', CONFIG_FILES, ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path):
+  validate_config(_load(path))
+
+
+def test_seed_config_maps_the_seed_json():
+  config = _load(REPO / 'configs' / 'voc_seed.py')
+  assert config.model.head.type == 'dpc'
+  assert len(config.model.head.dpc_branches) == 5
+  assert config.model.decoder.type == 'upsample'
+  assert config.model.output_stride == 8
+  assert (config.train.optimizer, config.train.learning_rate,
+          config.train.adam_b1, config.train.adam_b2) == ('adam', 1e-4, 0.5,
+                                                         0.99)
+  assert config.train.batch_size == 6 and config.data.crop_size == 224
+
+
+def _bad(**changes):
+  config = default_config()
+  for key, value in changes.items():
+    node = config
+    *parents, last = key.split('.')
+    for p in parents:
+      node = node[p]
+    with node.ignore_type():
+      node[last] = value
+  return config
+
+
+@pytest.mark.parametrize('key,value,fragments', [
+    ('model.output_stride', 12, ['config.model.output_stride', '12', '8, 16,'
+                                 ' 32']),
+    ('model.num_classes', 1, ['config.model.num_classes', '1', '>= 2']),
+    ('model.backbone.depth_multiplier', 0.0,
+     ['config.model.backbone.depth_multiplier', '0.0', '(0.0']),
+    ('model.backbone.depth_multiplier', -1.0, ['depth_multiplier', '-1.0']),
+    ('model.head.type', 'psp', ['config.model.head.type', "'psp'", "'aspp'",
+                                "'dpc'"]),
+    ('model.decoder.type', 'unet', ['config.model.decoder.type', 'upsample']),
+    ('model.backbone.channel_rounding', 'torch', ['channel_rounding',
+                                                  "'keras'"]),
+    ('model.head.atrous_rates', (6, 0), ['atrous_rates', '(6, 0)']),
+    ('model.head.dropout_rate', 1.5, ['dropout_rate', '1.5']),
+    ('eval.output_stride', 4, ['config.eval.output_stride', '4']),
+    ('train.optimizer', 'lamb', ['config.train.optimizer', "'sgd'"]),
+    ('train.batch_size', 0, ['config.train.batch_size', '>= 1']),
+    ('data.ignore_label', 5, ['config.data.ignore_label', '255']),
+    ('eval.scales', (), ['config.eval.scales']),
+])
+def test_bad_values_are_named_with_allowed_values(key, value, fragments):
+  with pytest.raises(ConfigError) as e:
+    validate_config(_bad(**{key: value}))
+  for fragment in fragments:
+    assert fragment in str(e.value), str(e.value)
+
+
+def test_unknown_key_is_named_with_a_suggestion():
+  config = default_config()
+  config.model.outptu_stride = 8
+  with pytest.raises(ConfigError, match=r"'config.model.outptu_stride'.*"
+                     r"Did you mean 'config.model.output_stride'"):
+    validate_config(config)
+
+
+def test_dpc_input_pointing_forward_is_rejected():
+  config = default_config()
+  config.model.head.type = 'dpc'
+  config.model.head.dpc_branches = [
+      {'kernel': 3, 'rate': [1, 6], 'op': 'conv', 'input': -1},
+      {'kernel': 3, 'rate': [1, 1], 'op': 'conv', 'input': 2},
+      {'kernel': 3, 'rate': [1, 1], 'op': 'conv', 'input': 0},
+  ]
+  with pytest.raises(ConfigError, match=r'dpc_branches\[1\]\.input = 2.*'
+                     r'earlier branch \(0\.\.0\)'):
+    validate_config(config)
+  config.model.head.dpc_branches[1]['input'] = 1  # Itself.
+  with pytest.raises(ConfigError, match=r'dpc_branches\[1\]\.input = 1'):
+    validate_config(config)
+
+
+@pytest.mark.parametrize('branch,fragment', [
+    ({'kernel': 5, 'rate': [1, 1], 'op': 'conv', 'input': -1}, 'kernel = 5'),
+    ({'kernel': 3, 'rate': [1], 'op': 'conv', 'input': -1}, 'rate = [1]'),
+    ({'kernel': 3, 'rate': [1, 1], 'op': 'pool', 'input': -1}, "op = 'pool'"),
+    ({'kernel': 3, 'rate': [1, 1], 'op': 'conv'}, 'lacks input'),
+    ({'kernel': 1, 'rate': [1, 1], 'op': 'pyramid_pooling', 'input': -1},
+     'grid_size'),
+])
+def test_bad_dpc_branches(branch, fragment):
+  config = default_config()
+  config.model.head.type = 'dpc'
+  config.model.head.dpc_branches = [branch]
+  with pytest.raises(ConfigError, match='dpc_branches'):
+    validate_config(config)
+  with pytest.raises(ConfigError) as e:
+    validate_config(config)
+  assert fragment in str(e.value)
+
+
+def test_diagnose_override_names_unknown_key():
+  message = diagnose_override(['main.py', '--config.model.num_clases=3'])
+  assert "'config.model.num_clases'" in message
+  assert "Did you mean 'config.model.num_classes'" in message
+
+
+def test_main_reports_unknown_override_in_one_line():
+  result = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/voc.py', '--mode=summary',
+       '--config.foo=1'], cwd=REPO, capture_output=True, text=True,
+      timeout=120)
+  assert result.returncode == 1
+  assert "error: Unknown config key 'config.foo'" in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_main_reports_bad_value_without_traceback():
+  result = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/voc.py', '--mode=summary',
+       '--config.model.output_stride=12'], cwd=REPO, capture_output=True,
+      text=True, timeout=120)
+  assert result.returncode == 1
+  assert ('error: config.model.output_stride = 12 is not allowed: use one of '
+          '8, 16, 32.') in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_main_summary_prints_parameter_counts():
+  result = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/voc.py', '--mode=summary'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert '1,843,264' in result.stdout  # The MobileNetV2 1.0 backbone.
+  for module in ('backbone', 'head', 'decoder', 'logits'):
+    assert module in result.stdout
