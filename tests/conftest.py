@@ -48,3 +48,16 @@ def tiny_model_config(**overrides):
       node = node[p]
     node[last] = value
   return m
+
+
+@pytest.fixture(scope='session')
+def demo_data_dir(tmp_path_factory):
+  """The built-in demo dataset, generated once per test session."""
+  from deeplab_jax.config import default_config  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path_factory.mktemp('tfds_demo')
+  config = default_config()
+  config.data.dataset = 'demo'
+  config.data.data_dir = str(data_dir)
+  pipeline.prepare_dataset(config.data)
+  return data_dir

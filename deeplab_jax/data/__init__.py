@@ -1,0 +1,1 @@
+"""Datasets (TFDS builders), augmentation and grain input pipelines."""

@@ -1,0 +1,143 @@
+"""Image/label transforms of the reference recipe, in numpy and PIL.
+
+Training (reference `input_preprocess.preprocess_image_and_label`): random
+scale from {min, min + step, ..., max}, pad to the crop size (image with the
+mean pixel, label with the ignore label, at the bottom/right), random crop,
+random left-right flip, normalise to [-1, 1]. The crop is computed first and
+only the part of the scaled image it covers is resampled (PIL's `box`), which
+gives the same pixels as scaling the whole image and then cropping, at a
+fraction of the cost for large scales.
+
+Evaluation: the whole image padded (never cropped) to at least the eval size,
+so that every labelled pixel is scored; padding is labelled ignore.
+
+The image is resampled bilinearly (PIL) and the label with nearest neighbour
+(numpy indexing), both with the pixel-centre convention, so they stay
+aligned.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from deeplab_jax.data import voc
+
+MEAN_PIXEL = 127.5  # Normalises to 0: padding carries no signal.
+
+
+def decode_image(data: bytes) -> Image.Image:
+  """An RGB PIL image from encoded (JPEG or PNG) bytes."""
+  image = Image.open(io.BytesIO(data))
+  return image if image.mode == 'RGB' else image.convert('RGB')
+
+
+def decode_mask(data: bytes) -> np.ndarray:
+  """[H, W] uint8 class ids from a PNG (palette or grey-level)."""
+  mask = voc.read_mask(data)
+  return mask[..., 0] if mask.ndim == 3 else mask
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+  """uint8 pixels -> float32 in [-1, 1] (x / 127.5 - 1), as the model expects."""
+  return np.asarray(image, np.float32) * np.float32(1 / MEAN_PIXEL) - 1.0
+
+
+def denormalize(image: np.ndarray) -> np.ndarray:
+  """The inverse of `normalize`, as uint8."""
+  return np.clip((np.asarray(image) + 1.0) * MEAN_PIXEL + 0.5, 0,
+                 255).astype(np.uint8)
+
+
+def sample_scale(rng: np.random.Generator, min_scale: float,
+                 max_scale: float, step: float) -> float:
+  """The reference's `get_random_scale`: one of linspace(min, max) spaced by
+  `step`, or uniform in [min, max] when step is 0."""
+  if min_scale == max_scale:
+    return float(min_scale)
+  if step <= 0:
+    return float(rng.uniform(min_scale, max_scale))
+  count = int((max_scale - min_scale) / step + 1)
+  return float(rng.choice(np.linspace(min_scale, max_scale, count)))
+
+
+def _nearest_indices(start: int, count: int, step: float,
+                     size: int) -> np.ndarray:
+  centres = (np.arange(start, start + count) + 0.5) * step
+  return np.minimum(centres.astype(np.int64), size - 1)
+
+
+def random_scale_crop_flip(image: Image.Image, mask: np.ndarray,
+                           rng: np.random.Generator, *, crop_size: int,
+                           min_scale: float = 0.5, max_scale: float = 2.0,
+                           scale_step: float = 0.25, ignore_label: int = 255,
+                           flip: bool = True
+                           ) -> tuple[np.ndarray, np.ndarray]:
+  """One training example.
+
+  Args:
+    image: RGB PIL image.
+    mask: [H, W] uint8 class ids, same size.
+    rng: numpy generator (grain gives one per record and epoch).
+    crop_size: output height and width.
+    min_scale, max_scale, scale_step: see `sample_scale`.
+    ignore_label: label of padding.
+    flip: random left-right flip with probability 0.5.
+
+  Returns:
+    image [crop, crop, 3] float32 in [-1, 1]; label [crop, crop] uint8.
+  """
+  width, height = image.size
+  scale = sample_scale(rng, min_scale, max_scale, scale_step)
+  scaled_h = max(1, int(height * scale))
+  scaled_w = max(1, int(width * scale))
+  padded_h, padded_w = max(scaled_h, crop_size), max(scaled_w, crop_size)
+  top = int(rng.integers(0, padded_h - crop_size + 1))
+  left = int(rng.integers(0, padded_w - crop_size + 1))
+  # The part of the crop inside the scaled image (the rest is padding).
+  region_h = min(top + crop_size, scaled_h) - top
+  region_w = min(left + crop_size, scaled_w) - left
+  sy, sx = height / scaled_h, width / scaled_w
+  box = (left * sx, top * sy, (left + region_w) * sx, (top + region_h) * sy)
+  region = image.resize((region_w, region_h), Image.BILINEAR, box=box)
+  # Nearest neighbour with the same pixel-centre convention as PIL's
+  # bilinear: output pixel y samples source row floor((top + y + 0.5) * sy).
+  rows = _nearest_indices(top, region_h, sy, height)
+  cols = _nearest_indices(left, region_w, sx, width)
+  out_image = np.zeros((crop_size, crop_size, 3), np.float32)
+  out_image[:region_h, :region_w] = normalize(np.asarray(region))
+  out_label = np.full((crop_size, crop_size), ignore_label, np.uint8)
+  out_label[:region_h, :region_w] = mask[rows[:, None], cols[None, :]]
+  if flip and rng.random() < 0.5:
+    out_image = out_image[:, ::-1]
+    out_label = out_label[:, ::-1]
+  return np.ascontiguousarray(out_image), np.ascontiguousarray(out_label)
+
+
+def pad_for_eval(image: np.ndarray, mask: np.ndarray, *, min_size: int,
+                 ignore_label: int = 255, multiple: int = 1
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """Pads an example at the bottom/right to at least min_size x min_size.
+
+  Args:
+    image: [H, W, 3] uint8.
+    mask: [H, W] uint8.
+    min_size: the eval crop size; larger images keep their size, rounded up
+      to `multiple`.
+    ignore_label: label of the padding.
+    multiple: padded sizes are rounded up to a multiple of this.
+
+  Returns:
+    image [H', W', 3] float32 in [-1, 1] (padding = mean pixel = 0), label
+    [H', W'] uint8 (padding = ignore_label).
+  """
+  h, w = mask.shape
+  target_h = -(-max(h, min_size) // multiple) * multiple
+  target_w = -(-max(w, min_size) // multiple) * multiple
+  out_image = np.zeros((target_h, target_w, 3), np.float32)
+  out_image[:h, :w] = normalize(image)
+  out_label = np.full((target_h, target_w), ignore_label, np.uint8)
+  out_label[:h, :w] = mask
+  return out_image, out_label

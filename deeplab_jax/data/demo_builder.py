@@ -1,0 +1,128 @@
+"""A built-in, procedurally generated segmentation dataset for the demo.
+
+Scenes of disks, squares and triangles on a textured background, with
+occlusion and an ignore band (255) along every object boundary, as in VOC.
+Colours and textures are drawn from one distribution for every class and for
+the background, so a single pixel's colour says nothing about its class: the
+model has to see shape. Deterministic given the split and example index; no
+download. Same features as `voc_segmentation`, so the same pipeline reads it.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image, ImageDraw
+
+CLASS_NAMES = ('background', 'disk', 'square', 'triangle')
+NUM_CLASSES = len(CLASS_NAMES)
+IGNORE_LABEL = 255
+IMAGE_SIZE = 128
+SPLIT_SIZES = {'train': 1024, 'validation': 128}
+_SPLIT_SEEDS = {'train': 0, 'validation': 1}
+
+
+def _colour(rng: np.random.Generator) -> np.ndarray:
+  return rng.uniform(30, 225, size=3)
+
+
+def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
+  """[size, size, 3] float: a base colour, stripes of a second colour at a
+  random angle and frequency, and pixel noise."""
+  yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+  angle = rng.uniform(0, np.pi)
+  period = rng.uniform(4, 16)
+  phase = (np.cos(angle) * xx + np.sin(angle) * yy) * (2 * np.pi / period)
+  weight = (0.5 + 0.5 * np.sin(phase + rng.uniform(0, 2 * np.pi)))
+  weight *= rng.uniform(0.0, 0.8)  # Some textures are nearly flat.
+  base, stripe = _colour(rng), _colour(rng)
+  tex = base * (1 - weight[..., None]) + stripe * weight[..., None]
+  return tex + rng.normal(0, 10, size=(size, size, 3))
+
+
+def _shape_mask(rng: np.random.Generator, cls: int, size: int) -> np.ndarray:
+  """[size, size] bool mask of one disk, square or triangle."""
+  radius = rng.uniform(0.1, 0.24) * size
+  cx, cy = rng.uniform(radius * 0.5, size - radius * 0.5, size=2)
+  canvas = Image.new('L', (size, size), 0)
+  draw = ImageDraw.Draw(canvas)
+  if cls == 1:  # Disk.
+    draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=1)
+  else:  # Square (4 corners) or triangle (3), randomly rotated.
+    corners = 4 if cls == 2 else 3
+    start = rng.uniform(0, 2 * np.pi)
+    angles = start + np.arange(corners) * 2 * np.pi / corners
+    points = [(cx + radius * np.cos(a), cy + radius * np.sin(a))
+              for a in angles]
+    draw.polygon(points, fill=1)
+  return np.asarray(canvas, dtype=bool)
+
+
+def render_scene(seed: int | tuple[int, ...], size: int = IMAGE_SIZE
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """One scene.
+
+  Returns:
+    image: [size, size, 3] uint8 RGB.
+    mask: [size, size] uint8 class ids (0 background, 1 disk, 2 square,
+      3 triangle), 255 on a band along every boundary between labels.
+  """
+  rng = np.random.default_rng(seed)
+  image = _texture(rng, size)
+  label = np.zeros((size, size), np.uint8)
+  for _ in range(rng.integers(2, 5)):
+    cls = int(rng.integers(1, NUM_CLASSES))
+    region = _shape_mask(rng, cls, size)
+    image[region] = _texture(rng, size)[region]
+    label[region] = cls  # Later shapes occlude earlier ones.
+  # Ignore band: pixels whose 3x3 neighbourhood holds another label.
+  padded = np.pad(label, 1, mode='edge')
+  boundary = np.zeros_like(label, dtype=bool)
+  for dy in (0, 1, 2):
+    for dx in (0, 1, 2):
+      boundary |= padded[dy:dy + size, dx:dx + size] != label
+  label[boundary] = IGNORE_LABEL
+  return np.clip(image, 0, 255).astype(np.uint8), label
+
+
+def _png(array: np.ndarray, mode: str) -> io.BytesIO:
+  buffer = io.BytesIO()
+  Image.fromarray(array, mode=mode).save(buffer, format='PNG')
+  buffer.seek(0)
+  return buffer
+
+
+class DeeplabDemoShapes(tfds.core.GeneratorBasedBuilder):
+  """Generated shapes scenes: train 1,024 and validation 128 at 128x128."""
+
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        description=__doc__,
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(None, None, 3),
+                                         encoding_format='png'),
+            'segmentation_mask': tfds.features.Image(
+                shape=(None, None, 1), encoding_format='png'),
+            'file_name': tfds.features.Text(),
+        }),
+        supervised_keys=('image', 'segmentation_mask'),
+        metadata=tfds.core.MetadataDict(class_names=list(CLASS_NAMES)),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing to download.
+    return {split: self._generate_examples(split) for split in SPLIT_SIZES}
+
+  def _generate_examples(self, split: str):
+    for index in range(SPLIT_SIZES[split]):
+      image, mask = render_scene((_SPLIT_SEEDS[split], index))
+      name = f'{split}_{index:05d}.png'
+      yield name, {
+          'image': _png(image, 'RGB'),
+          'segmentation_mask': _png(mask, 'L'),
+          'file_name': name,
+      }

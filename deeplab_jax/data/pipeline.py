@@ -1,0 +1,237 @@
+"""Input pipelines: TFDS array_record files read with `tfds.data_source` and
+grain, with no TensorFlow at read time.
+
+* `prepare_dataset` builds a dataset once (download or manual files).
+* `train_loader`: shuffled, infinite, sharded per JAX process, augmented in
+  grain worker processes, batched; deterministic given the seed (grain gives
+  each record a random generator derived from the seed and its index), and
+  its iterator state can be saved and restored to resume at the exact next
+  batch.
+* `eval_loader`: every example once, in order, padded (never cropped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from deeplab_jax.data import augment, demo_builder, voc
+from deeplab_jax.data import voc_builder
+from deeplab_jax.errors import DatasetError
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """What the rest of the code needs to know about a dataset."""
+  tfds_name: str
+  class_names: tuple[str, ...]
+  ignore_label: int = 255
+  needs_sbd: bool = False
+  downloads: bool = True
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+
+DATASETS = {
+    'voc2012': DatasetSpec('voc_segmentation/voc2012', voc.CLASS_NAMES),
+    'voc2012_aug': DatasetSpec('voc_segmentation/voc2012_aug',
+                               voc.CLASS_NAMES, needs_sbd=True),
+    'demo': DatasetSpec('deeplab_demo_shapes', demo_builder.CLASS_NAMES,
+                        downloads=False),
+}
+# The builders register themselves with TFDS when their modules are imported.
+_BUILDERS = (voc_builder.VocSegmentation, demo_builder.DeeplabDemoShapes)
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+  if name not in DATASETS:
+    raise DatasetError(f'Unknown dataset {name!r}: use one of '
+                       f'{", ".join(DATASETS)} (config.data.dataset).')
+  return DATASETS[name]
+
+
+def _dataset_error_in_chain(error: BaseException) -> DatasetError | None:
+  seen = set()
+  while error is not None and id(error) not in seen:
+    if isinstance(error, DatasetError):
+      return error
+    seen.add(id(error))
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def prepare_dataset(data_config: Any) -> tfds.core.DatasetBuilder:
+  """Builds the dataset's array_record files unless they already exist.
+
+  VOC comes from `data_config.manual_dir` (tars or extracted folders) or is
+  downloaded; the demo dataset is generated.
+
+  Raises:
+    DatasetError: missing or wrong manual_dir, download failure, bad masks.
+  """
+  spec = dataset_spec(data_config.dataset)
+  manual_dir = data_config.manual_dir
+  if manual_dir and spec.downloads:
+    voc_builder.check_manual_dir(os.path.expanduser(manual_dir),
+                                 spec.needs_sbd)
+  builder = tfds.builder(spec.tfds_name, data_dir=data_config.data_dir,
+                         file_format='array_record')
+  try:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=os.path.expanduser(manual_dir) if manual_dir else None))
+  except Exception as e:  # pylint: disable=broad-except
+    found = _dataset_error_in_chain(e)
+    if found is not None:
+      raise found from None
+    raise
+  return builder
+
+
+def data_source(data_config: Any, split: str):
+  """Random-access source of raw examples (encoded image and mask bytes)."""
+  builder = prepare_dataset(data_config)
+  if split not in builder.info.splits:
+    raise DatasetError(
+        f'{data_config.dataset} has no split {split!r}; it has '
+        f'{", ".join(builder.info.splits)}.')
+  return tfds.data_source(
+      dataset_spec(data_config.dataset).tfds_name, split=split,
+      data_dir=data_config.data_dir, download=False,
+      decoders={
+          'image': tfds.decode.SkipDecoding(),
+          'segmentation_mask': tfds.decode.SkipDecoding()
+      })
+
+
+def _loader(source, sampler, operations, shard_options, worker_count: int,
+            buffer_size: int) -> grain.DataLoader:
+  if worker_count > 0:
+    # grain reads absl flags in its worker processes; outside an absl app
+    # (tests, notebooks) they would be unparsed.
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+  return grain.DataLoader(
+      data_source=source, sampler=sampler, operations=operations,
+      worker_count=worker_count, worker_buffer_size=buffer_size,
+      shard_options=shard_options)
+
+
+def _file_name(value: Any) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class TrainAugment(grain.transforms.RandomMap):
+  """Decode + random scale, crop, flip + normalise (see `augment`)."""
+
+  def __init__(self, *, crop_size: int, min_scale: float, max_scale: float,
+               scale_step: float, ignore_label: int, flip: bool):
+    self.crop_size = crop_size
+    self.min_scale, self.max_scale, self.scale_step = (min_scale, max_scale,
+                                                       scale_step)
+    self.ignore_label = ignore_label
+    self.flip = flip
+
+  def random_map(self, element: dict[str, Any], rng: np.random.Generator
+                 ) -> dict[str, np.ndarray]:
+    image = augment.decode_image(element['image'])
+    mask = augment.decode_mask(element['segmentation_mask'])
+    image, label = augment.random_scale_crop_flip(
+        image, mask, rng, crop_size=self.crop_size, min_scale=self.min_scale,
+        max_scale=self.max_scale, scale_step=self.scale_step,
+        ignore_label=self.ignore_label, flip=self.flip)
+    return {'image': image, 'label': label}
+
+
+class EvalPad(grain.transforms.Map):
+  """Decode + pad to at least the eval size; keeps size and file name."""
+
+  def __init__(self, *, min_size: int, ignore_label: int):
+    self.min_size = min_size
+    self.ignore_label = ignore_label
+
+  def map(self, element: dict[str, Any]) -> dict[str, Any]:
+    image = np.asarray(augment.decode_image(element['image']))
+    mask = augment.decode_mask(element['segmentation_mask'])
+    height, width = mask.shape
+    padded, label = augment.pad_for_eval(
+        image, mask, min_size=self.min_size, ignore_label=self.ignore_label)
+    return {
+        'image': padded,
+        'label': label,
+        'height': np.int32(height),
+        'width': np.int32(width),
+        'file_name': _file_name(element['file_name']),
+    }
+
+
+def train_loader(config: Any, *, batch_size: int | None = None,
+                 seed: int | None = None, source=None,
+                 shard_options: grain.sharding.ShardOptions | None = None,
+                 worker_count: int | None = None) -> grain.DataLoader:
+  """The infinite, shuffled, augmented training stream of this process.
+
+  Args:
+    config: the full config (data, train, seed).
+    batch_size: per-process batch; default config.train.batch_size /
+      jax.process_count().
+    seed: shuffling and augmentation seed; default config.seed.
+    source: a random-access source (tests); default the config's train split.
+    shard_options: default: this JAX process's shard.
+    worker_count: grain worker processes; default config.data.num_workers.
+
+  Returns:
+    A grain DataLoader yielding {'image': [B, crop, crop, 3] float32 in
+    [-1, 1], 'label': [B, crop, crop] uint8}.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  d = config.data
+  if batch_size is None:
+    batch_size = config.train.batch_size // jax.process_count()
+  if source is None:
+    source = data_source(d, d.train_split)
+  if shard_options is None:
+    shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(source), shard_options=shard_options, shuffle=True,
+      num_epochs=None, seed=config.seed if seed is None else seed)
+  operations = [
+      TrainAugment(crop_size=d.crop_size, min_scale=d.min_scale,
+                   max_scale=d.max_scale, scale_step=d.scale_step,
+                   ignore_label=d.ignore_label, flip=d.random_flip),
+      grain.transforms.Batch(batch_size, drop_remainder=True),
+  ]
+  return _loader(source, sampler, operations, shard_options,
+                 d.num_workers if worker_count is None else worker_count,
+                 d.prefetch_batches)
+
+
+def eval_loader(config: Any, *, split: str | None = None, source=None,
+                shard_options: grain.sharding.ShardOptions | None = None,
+                worker_count: int | None = None) -> grain.DataLoader:
+  """Every example of the eval split once, in order, padded, unbatched.
+
+  Yields {'image': [H', W', 3] float32, 'label': [H', W'] uint8 (padding =
+  ignore), 'height', 'width' (before padding), 'file_name'}.
+  """
+  d = config.data
+  if source is None:
+    source = data_source(d, split or d.eval_split)
+  if shard_options is None:
+    shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=False)
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(source), shard_options=shard_options, shuffle=False,
+      num_epochs=1, seed=0)
+  operations = [EvalPad(min_size=config.eval.crop_size,
+                        ignore_label=d.ignore_label)]
+  return _loader(source, sampler, operations, shard_options,
+                 d.num_workers if worker_count is None else worker_count,
+                 d.prefetch_batches)

@@ -1,0 +1,58 @@
+"""PASCAL VOC 2012 facts: class names, colour palette, files, mask reading."""
+
+from __future__ import annotations
+
+import io
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image
+
+CLASS_NAMES = (
+    'background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus',
+    'car', 'cat', 'chair', 'cow', 'diningtable', 'dog', 'horse', 'motorbike',
+    'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor')
+NUM_CLASSES = len(CLASS_NAMES)
+IGNORE_LABEL = 255
+
+VOC_URL = ('http://host.robots.ox.ac.uk/pascal/VOC/voc2012/'
+           'VOCtrainval_11-May-2012.tar')
+VOC_TAR = 'VOCtrainval_11-May-2012.tar'
+SBD_URL = ('http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/'
+           'semantic_contours/benchmark.tgz')
+SBD_TAR = 'benchmark.tgz'
+
+
+def color_map(n: int = 256) -> np.ndarray:
+  """The VOC colour map ([n, 3] uint8): the bit-interleaving of the devkit's
+  `VOClabelcolormap.m`. Index 255 (ignore) is (224, 224, 192)."""
+  cmap = np.zeros((n, 3), np.uint8)
+  for i in range(n):
+    r = g = b = 0
+    c = i
+    for j in range(8):
+      r |= ((c >> 0) & 1) << (7 - j)
+      g |= ((c >> 1) & 1) << (7 - j)
+      b |= ((c >> 2) & 1) << (7 - j)
+      c >>= 3
+    cmap[i] = (r, g, b)
+  return cmap
+
+
+def read_mask(source: str | bytes | BinaryIO) -> np.ndarray:
+  """Class ids ([H, W] uint8) of a VOC mask PNG.
+
+  VOC masks are palette images whose pixel values are the class ids; they
+  are read as indices (mode 'P' or 'L'), never converted to RGB.
+
+  Raises:
+    ValueError: the PNG is not a palette or grey-level image.
+  """
+  if isinstance(source, bytes):
+    source = io.BytesIO(source)
+  with Image.open(source) as image:
+    if image.mode not in ('P', 'L'):
+      raise ValueError(
+          f'mask has PIL mode {image.mode!r}; VOC masks are palette (P) or '
+          'grey-level (L) images whose values are class ids')
+    return np.asarray(image, dtype=np.uint8)

@@ -1,0 +1,111 @@
+"""Training and eval transforms: alignment, padding, the crop-box shortcut."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deeplab_jax.data import augment, voc
+
+PALETTE = voc.color_map()
+
+
+def _blocky_example(seed, height=150, width=200, block=10):
+  """A label map of random class blocks and an image that is its colour."""
+  rng = np.random.default_rng(seed)
+  blocks = rng.integers(0, 21, size=(-(-height // block), -(-width // block)))
+  label = np.kron(blocks, np.ones((block, block), np.int64))[:height, :width]
+  label = label.astype(np.uint8)
+  return Image.fromarray(PALETTE[label]), label
+
+
+def _interior(label, radius=2):
+  """Pixels whose (2r+1)^2 neighbourhood lies in the crop and has a single
+  label (at the crop border, bilinear reads pixels outside it)."""
+  h, w = label.shape
+  padded = np.pad(label.astype(np.int32), radius, constant_values=-1)
+  same = np.ones_like(label, bool)
+  for dy in range(2 * radius + 1):
+    for dx in range(2 * radius + 1):
+      same &= padded[dy:dy + h, dx:dx + w] == label
+  return same
+
+
+@pytest.mark.parametrize('seed', range(12))
+def test_image_and_label_stay_aligned_through_scale_crop_flip(seed):
+  image, label = _blocky_example(seed)
+  rng = np.random.default_rng(seed)
+  out_image, out_label = augment.random_scale_crop_flip(
+      image, label, rng, crop_size=129)
+  assert out_image.shape == (129, 129, 3) and out_image.dtype == np.float32
+  assert out_label.shape == (129, 129) and out_label.dtype == np.uint8
+  pixels = augment.denormalize(out_image)
+  inside = _interior(out_label) & (out_label != 255)
+  assert inside.sum() > 100
+  expected = PALETTE[out_label[inside]]
+  # Bilinear blending only reaches 1-2 pixels from a block edge at scale 2.
+  np.testing.assert_allclose(pixels[inside], expected, atol=2)
+  # Padding: ignore label and the mean pixel (0 after normalisation).
+  padding = out_label == 255
+  np.testing.assert_array_equal(out_image[padding], 0.0)
+
+
+def test_flip_and_scale_both_happen_over_seeds():
+  image, label = _blocky_example(0, height=100, width=100)
+  flipped, sizes = 0, set()
+  for seed in range(40):
+    out_image, out_label = augment.random_scale_crop_flip(
+        image, label, np.random.default_rng(seed), crop_size=257)
+    sizes.add(int((out_label != 255).sum()))
+    rng = np.random.default_rng(seed)
+    scale = augment.sample_scale(rng, 0.5, 2.0, 0.25)
+    assert scale in np.linspace(0.5, 2.0, 7)
+    # Column 0 of an unflipped, unpadded-left crop starts at image column 0.
+    flipped += int(out_label[0, 0] == 255)
+  assert len(sizes) >= 5  # Several different scales were drawn.
+  assert 0 < flipped < 40  # Some crops flipped (padding moved left).
+
+
+def test_crop_box_shortcut_equals_resize_then_crop():
+  image, label = _blocky_example(3, height=120, width=90, block=7)
+  crop = 97
+  for seed in range(10):
+    rng = np.random.default_rng(seed)
+    out_image, out_label = augment.random_scale_crop_flip(
+        image, label, rng, crop_size=crop, flip=False)
+    # Replay the same random draws the naive way.
+    rng = np.random.default_rng(seed)
+    scale = augment.sample_scale(rng, 0.5, 2.0, 0.25)
+    sh, sw = int(120 * scale), int(90 * scale)
+    top = int(rng.integers(0, max(sh, crop) - crop + 1))
+    left = int(rng.integers(0, max(sw, crop) - crop + 1))
+    full_image = np.asarray(image.resize((sw, sh), Image.BILINEAR))
+    rows = np.minimum(((np.arange(sh) + 0.5) * 120 / sh).astype(int), 119)
+    cols = np.minimum(((np.arange(sw) + 0.5) * 90 / sw).astype(int), 89)
+    full_label = label[rows[:, None], cols[None, :]]
+    naive_label = np.full((crop, crop), 255, np.uint8)
+    naive_image = np.zeros((crop, crop, 3), np.float32)
+    part = full_label[top:top + crop, left:left + crop]
+    naive_label[:part.shape[0], :part.shape[1]] = part
+    naive_image[:part.shape[0], :part.shape[1]] = augment.normalize(
+        full_image[top:top + crop, left:left + crop])
+    np.testing.assert_array_equal(out_label, naive_label)
+    np.testing.assert_allclose(out_image, naive_image, atol=2 / 127.5)
+
+
+def test_eval_padding_keeps_every_labelled_pixel():
+  image, label = _blocky_example(5, height=150, width=200)
+  label[0, :] = 255  # Some ignore pixels of the original.
+  pixels = np.asarray(image)
+  out_image, out_label = augment.pad_for_eval(pixels, label, min_size=193)
+  assert out_label.shape == (193, 200)  # Never cropped, padded to >= 193.
+  np.testing.assert_array_equal(out_label[:150, :200], label)
+  assert (out_label != 255).sum() == (label != 255).sum()
+  np.testing.assert_array_equal(out_label[150:], 255)
+  np.testing.assert_array_equal(augment.denormalize(out_image[:150]), pixels)
+  np.testing.assert_array_equal(out_image[150:], 0.0)
+
+
+def test_normalize_matches_the_reference_preprocessing():
+  pixels = np.array([0, 127.5, 255]).astype(np.float32)
+  np.testing.assert_allclose(augment.normalize(pixels), [-1, 0, 1],
+                             atol=1e-6)
