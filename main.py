@@ -9,7 +9,12 @@ Any config field can be overridden, e.g. --config.train.batch_size=8.
 """
 
 import logging as std_logging
+import os
 import sys
+
+# TensorFlow (imported by clu's TensorBoard writer) logs its CPU features.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -22,9 +27,23 @@ config_flags.DEFINE_config_file(
     '--config.<key>=<value>.', lock_config=True)
 flags.DEFINE_string('workdir', None,
                     'Directory for checkpoints, metrics and results.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary'],
-                  'What to do.')
+flags.DEFINE_enum('mode', 'train',
+                  ['train', 'eval', 'predict', 'summary', 'prepare'],
+                  'train (resumes from --workdir), eval, predict, summary '
+                  '(parameter counts), prepare (build the dataset only).')
 flags.DEFINE_string('images', None, 'Folder of images to segment (predict).')
+flags.DEFINE_string('output', None,
+                    'Where predict writes (default <workdir>/predictions).')
+flags.DEFINE_bool('follow', False,
+                  'eval: evaluate each new checkpoint while training runs.')
+flags.DEFINE_string('coordinator_address', None,
+                    'Several hosts: host:port of process 0 '
+                    '(jax.distributed.initialize).')
+flags.DEFINE_integer('num_processes', None, 'Several hosts: process count.')
+flags.DEFINE_integer('process_id', None, 'Several hosts: this process.')
+flags.DEFINE_bool('distributed', False,
+                  'Call jax.distributed.initialize() with cluster '
+                  'auto-detection (SLURM, TPU pods, ...).')
 flags.mark_flags_as_required(['config'])
 
 
@@ -32,9 +51,12 @@ def run(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   # Imported here so that --help answers without loading JAX.
-  from deeplab_jax import cli  # pylint: disable=import-outside-toplevel
+  from deeplab_jax import cli, distributed  # pylint: disable=import-outside-toplevel
+  if FLAGS.distributed or FLAGS.coordinator_address:
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                           FLAGS.process_id)
   cli.run(FLAGS.config, mode=FLAGS.mode, workdir=FLAGS.workdir,
-          images=FLAGS.images)
+          images=FLAGS.images, output=FLAGS.output, follow=FLAGS.follow)
 
 
 def _fail(message: str) -> None:
@@ -56,9 +78,20 @@ def parse_flags(argv: list[str]) -> list[str]:
     _fail(diagnose_override(argv) or f'{type(e).__name__}: {e}')
 
 
+class _OwnInfoOnly(std_logging.Filter):
+  """Keeps INFO lines of this project (and clu's progress reports); the
+  libraries' INFO chatter (orbax writes dozens of lines per checkpoint)
+  stays out. Warnings and errors always pass."""
+
+  _KEEP = ('deeplab_jax', 'main.py', '/clu/')
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or any(
+        k in record.pathname for k in self._KEEP)
+
+
 def main(argv) -> None:
-  # JAX reports each accelerator it does not find at INFO level.
-  std_logging.getLogger('jax._src.xla_bridge').setLevel(std_logging.WARNING)
+  logging.get_absl_handler().addFilter(_OwnInfoOnly())
   try:
     run(argv)
   except DeepLabError as e:

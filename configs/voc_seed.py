@@ -44,10 +44,13 @@ def get_config():
   t.learning_rate = 1e-4  # lr
   t.adam_b1 = 0.5  # beta_1
   t.adam_b2 = 0.99  # beta_2
+  t.adam_eps = 1e-7  # Keras default.
   t.lr_schedule = 'inverse_time'
   t.inverse_time_decay = 0.0  # decay
   t.reduce_on_plateau_factor = 0.99999  # reduce_lr_factor
-  t.reduce_on_plateau_patience = 5
+  t.reduce_on_plateau_patience = 5  # Keras ReduceLROnPlateau(patience=5),
+  t.reduce_on_plateau_accumulation_steps = 244  # on the epoch loss (1464/6).
+  t.bias_lr_multiplier = 1.0  # Keras has no bias multiplier.
   t.weight_decay = 4e-5  # weight_decay
 
   config.eval.output_stride = 8

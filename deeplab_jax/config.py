@@ -128,6 +128,7 @@ def default_config() -> ml_collections.ConfigDict:
   t.momentum = 0.9  # SGD momentum.
   t.adam_b1 = 0.9
   t.adam_b2 = 0.999
+  t.adam_eps = 1e-8
   t.lr_schedule = 'poly'
   t.poly_power = 0.9
   t.end_learning_rate = 0.0
@@ -135,12 +136,15 @@ def default_config() -> ml_collections.ConfigDict:
   t.inverse_time_decay = 0.0  # Keras-2 `decay`: lr / (1 + decay * step).
   # Keras ReduceLROnPlateau on the training loss (seed: reduce_lr_factor).
   t.reduce_on_plateau_factor = config_dict.placeholder(float)
-  t.reduce_on_plateau_patience = 5
+  t.reduce_on_plateau_patience = 5  # In accumulation windows.
+  # Steps whose mean loss is one plateau measurement (Keras: one epoch).
+  t.reduce_on_plateau_accumulation_steps = 1
   t.weight_decay = 4e-5  # L2 on conv kernels (not BatchNorm, not biases).
   t.regularize_depthwise = False  # The reference does not decay them.
   t.top_k_percent_pixels = 1.0  # < 1: hard-pixel mining.
   t.hard_example_mining_step = 0  # Steps over which top-k anneals from 1.
   t.freeze_batch_norm = False  # Use moving statistics (fine-tuning).
+  t.bias_lr_multiplier = 2.0  # Reference: conv biases learn 2x faster.
   t.log_every_steps = 50
   t.checkpoint_every_steps = 1000
   t.keep_checkpoints = 3
@@ -349,6 +353,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                t.reduce_on_plateau_factor, 0.0, 1.0, lo_open=True)
   _positive_int('config.train.reduce_on_plateau_patience',
                 t.reduce_on_plateau_patience, minimum=0)
+  _positive_int('config.train.reduce_on_plateau_accumulation_steps',
+                t.reduce_on_plateau_accumulation_steps)
+  _number_in('config.train.adam_eps', t.adam_eps, 0.0, 1.0, lo_open=True)
+  _number_in('config.train.bias_lr_multiplier', t.bias_lr_multiplier, 0.0,
+             1000.0)
   _number_in('config.train.weight_decay', t.weight_decay, 0.0, 1.0)
   _number_in('config.train.top_k_percent_pixels', t.top_k_percent_pixels, 0.0,
              1.0, lo_open=True)

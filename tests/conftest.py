@@ -2,8 +2,23 @@
 
 import os
 import pathlib
+import shutil
+import tarfile
+import tempfile
 
 os.environ.setdefault('KERAS_BACKEND', 'jax')
+# Many tests (and their subprocesses) compile the same train and eval steps:
+# share compiled programs through JAX's persistent cache for this session.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      tempfile.mkdtemp(prefix='deeplab-jax-cache-'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+# Tests run tiny inputs: compile time dominates, and LLVM's optimisations
+# (not correctness) are what level 0 skips. About 25% faster compiles.
+FAST_COMPILE = '--xla_backend_optimization_level=0'
+if FAST_COMPILE not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' +
+                             FAST_COMPILE).strip()
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -61,3 +76,41 @@ def demo_data_dir(tmp_path_factory):
   config.data.data_dir = str(data_dir)
   pipeline.prepare_dataset(config.data)
   return data_dir
+
+
+def voc_config(data_dir, manual_dir=None, dataset='voc2012'):
+  """A default config reading the VOC sample's TFDS build."""
+  from deeplab_jax.config import default_config  # pylint: disable=g-import-not-at-top
+  config = default_config()
+  config.data.dataset = dataset
+  config.data.data_dir = str(data_dir)
+  config.data.manual_dir = str(manual_dir) if manual_dir else None
+  config.data.num_workers = 0
+  return config
+
+
+def make_voc_tar(voc_devkit: pathlib.Path, out_dir: pathlib.Path
+                 ) -> pathlib.Path:
+  """VOCtrainval_11-May-2012.tar holding VOCdevkit/VOC2012/..."""
+  out_dir.mkdir(parents=True, exist_ok=True)
+  path = out_dir / 'VOCtrainval_11-May-2012.tar'
+  with tarfile.open(path, 'w') as tar:
+    tar.add(voc_devkit, arcname='VOCdevkit')
+  return path
+
+
+@pytest.fixture
+def voc_copy(voc_sample_dir, tmp_path) -> pathlib.Path:
+  """A writable copy of the sample: tmp/manual/VOCdevkit/VOC2012/..."""
+  manual = tmp_path / 'manual'
+  shutil.copytree(voc_sample_dir, manual / 'VOCdevkit')
+  return manual
+
+
+@pytest.fixture(scope='session')
+def voc_prepared(voc_sample_dir, tmp_path_factory):
+  """The sample built once from its folder: (config, builder)."""
+  from deeplab_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path_factory.mktemp('tfds_voc')
+  config = voc_config(data_dir, voc_sample_dir.parent)
+  return config, pipeline.prepare_dataset(config.data)

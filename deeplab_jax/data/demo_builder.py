@@ -1,10 +1,10 @@
 """A built-in, procedurally generated segmentation dataset for the demo.
 
-Scenes of disks, squares and triangles on a textured background, with
-occlusion and an ignore band (255) along every object boundary, as in VOC.
-Colours and textures are drawn from one distribution for every class and for
-the background, so a single pixel's colour says nothing about its class: the
-model has to see shape. Deterministic given the split and example index; no
+Scenes of disks (striped), squares (checkered) and triangles (dotted) on a
+smooth, noisy background, with occlusion and an ignore band (255) along every
+object boundary, as in VOC. Colours are drawn from one distribution for every
+class and for the background, so a single pixel's colour says nothing about
+its class: the model has to see texture and shape. Deterministic given the split and example index; no
 download. Same features as `voc_segmentation`, so the same pipeline reads it.
 """
 
@@ -28,23 +28,60 @@ def _colour(rng: np.random.Generator) -> np.ndarray:
   return rng.uniform(30, 225, size=3)
 
 
-def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
-  """[size, size, 3] float: a base colour, stripes of a second colour at a
-  random angle and frequency, and pixel noise."""
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+  """[size, size, 3] float: a smooth blend of four corner colours, noise."""
+  corners = np.stack([_colour(rng) for _ in range(4)]).reshape(2, 2, 3)
+  t = np.linspace(0, 1, size, dtype=np.float32)
+  top = corners[0, 0] * (1 - t[:, None]) + corners[0, 1] * t[:, None]
+  bottom = corners[1, 0] * (1 - t[:, None]) + corners[1, 1] * t[:, None]
+  field = top[None] * (1 - t[:, None, None]) + bottom[None] * t[:, None, None]
+  return field + rng.normal(0, 10, size=(size, size, 3))
+
+
+TEXTURES = {1: 'stripes', 2: 'checker', 3: 'dots'}
+
+
+def _contrasting_colour(rng: np.random.Generator,
+                        base: np.ndarray) -> np.ndarray:
+  """A second colour at least 90 away from `base` (so textures are seen)."""
+  while True:
+    colour = _colour(rng)
+    if np.linalg.norm(colour - base) >= 90:
+      return colour
+
+
+def _texture(rng: np.random.Generator, size: int, cls: int) -> np.ndarray:
+  """[size, size, 3] float: a two-colour pattern of the class's family
+  (disk: stripes, square: checker, triangle: dots) at a random angle, scale
+  and phase, plus pixel noise. The family is a local cue that takes a patch,
+  not a pixel, to read; the outline's shape is a second, global one."""
   yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
   angle = rng.uniform(0, np.pi)
-  period = rng.uniform(4, 16)
-  phase = (np.cos(angle) * xx + np.sin(angle) * yy) * (2 * np.pi / period)
-  weight = (0.5 + 0.5 * np.sin(phase + rng.uniform(0, 2 * np.pi)))
-  weight *= rng.uniform(0.0, 0.8)  # Some textures are nearly flat.
-  base, stripe = _colour(rng), _colour(rng)
-  tex = base * (1 - weight[..., None]) + stripe * weight[..., None]
+  u = np.cos(angle) * xx + np.sin(angle) * yy + rng.uniform(0, 50)
+  v = -np.sin(angle) * xx + np.cos(angle) * yy + rng.uniform(0, 50)
+  kind = TEXTURES[cls]
+  if kind == 'stripes':
+    weight = 0.5 + 0.5 * np.sin(u * (2 * np.pi / rng.uniform(6, 10)))
+  elif kind == 'checker':
+    cell = rng.uniform(4, 7)
+    weight = ((np.floor(u / cell) + np.floor(v / cell)) % 2).astype(
+        np.float32)
+  else:  # Dots on a grid.
+    period = rng.uniform(9, 13)
+    du = (u % period) - period / 2
+    dv = (v % period) - period / 2
+    weight = np.exp(-(du ** 2 + dv ** 2) / (2 * (period / 5) ** 2))
+  base = _colour(rng)
+  second = _contrasting_colour(rng, base)
+  tex = base * (1 - weight[..., None]) + second * weight[..., None]
   return tex + rng.normal(0, 10, size=(size, size, 3))
 
 
 def _shape_mask(rng: np.random.Generator, cls: int, size: int) -> np.ndarray:
   """[size, size] bool mask of one disk, square or triangle."""
-  radius = rng.uniform(0.1, 0.24) * size
+  radius = rng.uniform(0.14, 0.28) * size
+  if cls == 3:  # A triangle covers less than a disk of the same radius.
+    radius *= 1.35
   cx, cy = rng.uniform(radius * 0.5, size - radius * 0.5, size=2)
   canvas = Image.new('L', (size, size), 0)
   draw = ImageDraw.Draw(canvas)
@@ -70,12 +107,12 @@ def render_scene(seed: int | tuple[int, ...], size: int = IMAGE_SIZE
       3 triangle), 255 on a band along every boundary between labels.
   """
   rng = np.random.default_rng(seed)
-  image = _texture(rng, size)
+  image = _background(rng, size)
   label = np.zeros((size, size), np.uint8)
   for _ in range(rng.integers(2, 5)):
     cls = int(rng.integers(1, NUM_CLASSES))
     region = _shape_mask(rng, cls, size)
-    image[region] = _texture(rng, size)[region]
+    image[region] = _texture(rng, size, cls)[region]
     label[region] = cls  # Later shapes occlude earlier ones.
   # Ignore band: pixels whose 3x3 neighbourhood holds another label.
   padded = np.pad(label, 1, mode='edge')

@@ -84,3 +84,41 @@ def keras_mobilenet_v2(alpha: float, weights: str | None = 'imagenet',
       raise WeightImportError(f'Keras weights file {weights!r} does not exist.')
     model.load_weights(weights, skip_mismatch=False)
   return model
+
+
+KERAS_IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+
+
+def imagenet_backbone_weights(model_config: Any, weights: str = 'imagenet'
+                              ) -> dict[tuple[str, ...], np.ndarray]:
+  """Keras's ImageNet MobileNetV2 as {('params'|'batch_stats', 'backbone',
+  ...): array}, for `config.train.init_from='keras_imagenet'`.
+
+  Args:
+    model_config: config.model (its backbone's depth multiplier picks the
+      Keras alpha; its channel rounding must be Keras's).
+    weights: 'imagenet' (Keras downloads them) or a local Keras weights file.
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.checkpoints import flatten_state  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.models.layers import LayerOptions  # pylint: disable=g-import-not-at-top
+  alpha = float(model_config.backbone.depth_multiplier)
+  if weights == 'imagenet' and alpha not in KERAS_IMAGENET_ALPHAS:
+    raise WeightImportError(
+        f'Keras publishes ImageNet MobileNetV2 weights for alpha in '
+        f'{KERAS_IMAGENET_ALPHAS}, not {alpha}: set '
+        'config.model.backbone.depth_multiplier to one of them.')
+  if alpha != 1.0 and model_config.backbone.channel_rounding != 'keras':
+    raise WeightImportError(
+        f'Keras rounds MobileNetV2 widths to multiples of 8 at alpha {alpha}; '
+        "set config.model.backbone.channel_rounding='keras' to load them.")
+  keras_model = keras_mobilenet_v2(alpha, weights=weights)
+  backbone = MobileNetV2(depth_multiplier=alpha, channel_rounding='keras',
+                         output_stride=32, options=LayerOptions(),
+                         rngs=nnx.Rngs(0))
+  load_keras_mobilenet_v2(backbone, keras_model)
+  out = {}
+  for group, kind in (('params', nnx.Param), ('batch_stats', nnx.BatchStat)):
+    for key, value in flatten_state(nnx.state(backbone, kind)).items():
+      out[(group, 'backbone') + key] = np.asarray(value)
+  return out

@@ -12,7 +12,7 @@ from PIL import Image
 
 from deeplab_jax.data import pipeline, voc
 from deeplab_jax.errors import DatasetError
-from tests.data.conftest import make_voc_tar, voc_config
+from tests.conftest import make_voc_tar, voc_config
 
 TRAIN, VAL = 26, 6
 

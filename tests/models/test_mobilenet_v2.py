@@ -1,6 +1,5 @@
 """MobileNetV2: widths, atrous conversion, parameter count, Keras parity."""
 
-import os
 
 import jax.numpy as jnp
 import numpy as np

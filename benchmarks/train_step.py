@@ -1,0 +1,73 @@
+"""Train-step throughput of a config on this machine's devices.
+
+    python benchmarks/train_step.py --config=configs/voc.py --batch_size=8 \
+        [--crop_size=513] [--steps=10] [--dtype=float32]
+
+Synthetic batches (the input pipeline is measured by input_pipeline.py), the
+config's model and optimizer, one jitted data-parallel step; prints the
+compile time and steps/s (and images/s) after warm-up.
+"""
+
+import argparse
+import importlib.util
+import time
+
+import jax
+import numpy as np
+
+from deeplab_jax import train
+
+
+def load_config(path: str):
+  spec = importlib.util.spec_from_file_location('config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--config', default='configs/voc.py')
+  parser.add_argument('--batch_size', type=int, default=8)
+  parser.add_argument('--crop_size', type=int, default=None)
+  parser.add_argument('--steps', type=int, default=10)
+  parser.add_argument('--dtype', default=None, choices=[None, 'float32',
+                                                        'bfloat16'])
+  parser.add_argument('--depthwise_impl', default=None,
+                      choices=[None, 'auto', 'shifted', 'native'])
+  args = parser.parse_args()
+  config = load_config(args.config)
+  config.train.batch_size = args.batch_size
+  crop = args.crop_size or config.data.crop_size
+  if args.dtype:
+    config.model.dtype = args.dtype
+  if args.depthwise_impl:
+    config.model.depthwise_impl = args.depthwise_impl
+  trainer = train.Trainer(config, num_steps=1000)
+  trainer.place()
+  rng = np.random.default_rng(0)
+  batch = {
+      'image': rng.uniform(-1, 1, (args.batch_size, crop, crop, 3)).astype(
+          np.float32),
+      'label': rng.integers(0, config.model.num_classes,
+                            (args.batch_size, crop, crop)).astype(np.uint8),
+  }
+  start = time.perf_counter()
+  jax.block_until_ready(trainer.step(batch))
+  compile_seconds = time.perf_counter() - start
+  jax.block_until_ready(trainer.step(batch))  # Warm-up.
+  start = time.perf_counter()
+  for _ in range(args.steps):
+    metrics = trainer.step(batch)
+  jax.block_until_ready(metrics)
+  seconds = (time.perf_counter() - start) / args.steps
+  print(f'{args.config}: {jax.device_count()} x {jax.devices()[0].device_kind}'
+        f' ({jax.default_backend()}), batch {args.batch_size}, crop {crop}, '
+        f'{config.model.dtype}, depthwise {config.model.depthwise_impl}')
+  print(f'compile + first step {compile_seconds:.1f} s; {1 / seconds:.3f} '
+        f'steps/s ({args.batch_size / seconds:.2f} images/s, '
+        f'{seconds:.2f} s/step)')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,191 @@
+"""Checkpoints with orbax: the train state and the data iterator, atomically.
+
+`<workdir>/checkpoints/<step>/` holds 'state' (step, parameters, BatchNorm
+statistics, optimizer state, RNG key) and 'data' (the grain iterator state
+of every process). Orbax writes each step into a temporary folder and renames
+it when complete, so a run killed at any moment leaves the previous
+checkpoints intact and the next run resumes from the newest complete one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+from flax import nnx
+
+from deeplab_jax.errors import CheckpointError
+
+
+class _IteratorState:
+  """What grain's checkpoint handler saves: a recorded iterator state."""
+
+  def __init__(self, state: Any):
+    self._state = state
+
+  def get_state(self) -> Any:
+    return self._state
+
+
+def checkpoint_dir(path: str | os.PathLike) -> epath.Path:
+  """`path/checkpoints` for a workdir, `path` itself otherwise."""
+  path = epath.Path(path)
+  return path / 'checkpoints' if (path / 'checkpoints').is_dir() else path
+
+
+class Checkpointer:
+  """Saves and restores (train state, data iterator state) by step."""
+
+  def __init__(self, workdir: str | os.PathLike, *, max_to_keep: int = 3,
+               read_only: bool = False):
+    self.directory = epath.Path(os.path.abspath(workdir)) / 'checkpoints'
+    if read_only:
+      options = ocp.CheckpointManagerOptions(
+          read_only=True, create=False, save_interval_steps=0,
+          max_to_keep=None, enable_async_checkpointing=False)
+    else:
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={
+            'state': ocp.StandardCheckpointHandler(),
+            'data': grain.checkpoint.CheckpointHandler(),
+        })
+
+  def latest_step(self) -> int | None:
+    self._manager.reload()
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    self._manager.reload()
+    return list(self._manager.all_steps())
+
+  def path(self, step: int) -> epath.Path:
+    return self.directory / str(step)
+
+  def save(self, step: int, state: Any, data_state: Any) -> None:
+    """Starts an (asynchronous) save; `wait` makes it durable."""
+    self._manager.save(
+        step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(_IteratorState(data_state))))
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def restore(self, step: int, abstract_state: Any,
+              data_iterator: Any | None = None) -> Any:
+    """The train state at `step`; also rewinds `data_iterator` if given."""
+    items = {'state': ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    except (ValueError, KeyError, TypeError) as e:
+      raise CheckpointError(
+          f'The checkpoint {self.path(step)} does not fit this config ({e}). '
+          'Train in a new --workdir, or use the config it was trained with.'
+      ) from e
+    return restored['state']
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+# ------------------------------------------------------------ init_from
+
+
+def _key_path(path) -> tuple[str, ...]:
+  """('backbone', 'blocks', '0', ...) from a jax key path of an nnx.State."""
+  keys = []
+  for entry in path:
+    if isinstance(entry, jax.tree_util.DictKey):
+      keys.append(str(entry.key))
+    elif isinstance(entry, jax.tree_util.SequenceKey):
+      keys.append(str(entry.idx))
+    elif isinstance(entry, jax.tree_util.GetAttrKey) and entry.name != 'value':
+      keys.append(entry.name)
+  return tuple(keys)
+
+
+def flatten_state(state: Any) -> dict[tuple[str, ...], Any]:
+  """{key path: array} of an nnx.State or nested dict."""
+  flat = {}
+  jax.tree_util.tree_map_with_path(
+      lambda p, x: flat.__setitem__(_key_path(p), x), state)
+  return flat
+
+
+def read_weights(path: str | os.PathLike) -> dict[tuple[str, ...], np.ndarray]:
+  """Parameters and BatchNorm statistics of the newest checkpoint under
+  `path` (a workdir, its checkpoints/ folder, or one step's folder), keyed
+  ('params' | 'batch_stats', module path...)."""
+  path = epath.Path(path)
+  if not path.exists():
+    raise CheckpointError(f'config.train.init_from: {path} does not exist.')
+  step_dir = path
+  if not (path / 'state').is_dir():
+    directory = checkpoint_dir(path)
+    steps = sorted(int(p.name) for p in directory.iterdir()
+                   if p.name.isdigit() and (p / 'state').is_dir())
+    if not steps:
+      raise CheckpointError(
+          f'config.train.init_from: no checkpoint under {path} (expected '
+          '<workdir>/checkpoints/<step>/state).')
+    step_dir = directory / str(steps[-1])
+  raw = ocp.StandardCheckpointer().restore(step_dir / 'state')
+  flat = {}
+  for group in ('params', 'batch_stats'):
+    for key, value in flatten_state(raw.get(group, {})).items():
+      flat[(group,) + key] = np.asarray(value)
+  logging.info('init_from: read %d arrays from %s', len(flat), step_dir)
+  return flat
+
+
+def copy_matching(params: nnx.State, batch_stats: nnx.State,
+                  weights: dict[tuple[str, ...], np.ndarray], *,
+                  scope: str = 'model') -> tuple[nnx.State, nnx.State, dict]:
+  """Copies weights whose path and shape match, within `scope`.
+
+  scope 'backbone' copies only the backbone; 'model' copies everything whose
+  shape fits (so a classifier for another number of classes keeps its
+  initialisation).
+
+  Returns:
+    (params, batch_stats, report) where report counts 'loaded', 'skipped'
+    (shape differs) and 'missing' (not in the weights) arrays.
+  """
+  report = {'loaded': 0, 'skipped': [], 'missing': []}
+
+  def pick(group):
+    def fn(path, value):
+      key = _key_path(path)
+      if scope == 'backbone' and key[:1] != ('backbone',):
+        return value
+      source = weights.get((group,) + key)
+      if source is None:
+        report['missing'].append('/'.join(key))
+        return value
+      if tuple(source.shape) != tuple(value.shape):
+        report['skipped'].append('/'.join(key))
+        return value
+      report['loaded'] += 1
+      return jax.numpy.asarray(source, value.dtype)
+    return fn
+
+  params = jax.tree_util.tree_map_with_path(pick('params'), params)
+  batch_stats = jax.tree_util.tree_map_with_path(pick('batch_stats'),
+                                                 batch_stats)
+  if report['loaded'] == 0:
+    raise CheckpointError(
+        'config.train.init_from: no array of the model matched the weights '
+        f'(scope {scope!r}); is it a checkpoint of this model family?')
+  return params, batch_stats, report

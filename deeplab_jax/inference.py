@@ -1,0 +1,51 @@
+"""Multi-scale, flipped inference (reference `predict_labels_multi_scale`).
+
+For each scale the (padded) image is resized with align corners, the model's
+logits at its output resolution are resized straight back to the image size,
+and softmax probabilities are averaged over scales and left-right flips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from deeplab_jax.models.layers import resize_bilinear, scale_dimension
+
+
+def predict_probabilities(model, images: jax.Array, *,
+                          scales: Sequence[float] = (1.0,),
+                          flip: bool = False) -> jax.Array:
+  """Class probabilities averaged over scales and flips.
+
+  Args:
+    model: a callable like `DeepLab` in inference mode, taking
+      (images, upsample=False) and returning logits at its own resolution.
+    images: [N, H, W, 3] normalised to [-1, 1].
+    scales: image scales, e.g. (0.5, 0.75, 1.0, 1.25, 1.5, 1.75).
+    flip: also average the left-right flipped image.
+
+  Returns:
+    [N, H, W, num_classes] float32 probabilities.
+  """
+  height, width = images.shape[1], images.shape[2]
+  total, count = None, 0
+  for scale in scales:
+    if scale == 1.0:
+      scaled = images
+    else:
+      scaled = resize_bilinear(images, (scale_dimension(height, scale),
+                                        scale_dimension(width, scale)))
+    for flipped in ((False, True) if flip else (False,)):
+      inputs = scaled[:, :, ::-1] if flipped else scaled
+      logits = model(inputs, upsample=False)
+      if flipped:
+        logits = logits[:, :, ::-1]
+      probs = jax.nn.softmax(
+          resize_bilinear(logits.astype(jnp.float32), (height, width)),
+          axis=-1)
+      total = probs if total is None else total + probs
+      count += 1
+  return total / count

@@ -1,0 +1,444 @@
+"""Training: one jitted, data-parallel train step; orbax resume; clu metrics.
+
+The train step runs on a 1-D mesh over every device of every process: the
+global batch is sharded on the 'data' axis, parameters are replicated, and
+XLA inserts the gradient and BatchNorm all-reduces, so BatchNorm statistics
+are those of the global batch and a step gives the same numbers on one
+device or eight.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from etils import epath
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from deeplab_jax import checkpoints, distributed, losses
+from deeplab_jax.data import pipeline
+from deeplab_jax.errors import NonFiniteLossError
+from deeplab_jax.models import create_model
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs besides the data iterator."""
+  step: jax.Array
+  params: nnx.State
+  batch_stats: nnx.State
+  opt_state: Any
+  rng: jax.Array
+
+
+# ------------------------------------------------------------- optimizer
+
+
+def learning_rate_schedule(train_config: Any,
+                           num_steps: int) -> optax.Schedule:
+  """Poly (reference), cosine, constant or Keras inverse-time decay, with an
+  optional linear warmup."""
+  t = train_config
+  lr, warmup = t.learning_rate, t.warmup_steps
+  decay_steps = max(1, num_steps - warmup)
+  if t.lr_schedule == 'poly':
+    main = optax.polynomial_schedule(lr, t.end_learning_rate, t.poly_power,
+                                     decay_steps)
+  elif t.lr_schedule == 'cosine':
+    main = optax.cosine_decay_schedule(lr, decay_steps,
+                                       alpha=t.end_learning_rate / lr)
+  elif t.lr_schedule == 'inverse_time':
+    decay = t.inverse_time_decay
+    main = lambda step: lr / (1.0 + decay * step)
+  else:
+    main = optax.constant_schedule(lr)
+  if warmup <= 0:
+    return main
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+def create_optimizer(train_config: Any,
+                     num_steps: int) -> optax.GradientTransformationExtraArgs:
+  """SGD with momentum or Adam on the schedule; optionally Keras-style
+  ReduceLROnPlateau on the training loss (pass value=loss to update)."""
+  t = train_config
+  schedule = learning_rate_schedule(t, num_steps)
+  if t.optimizer == 'sgd':
+    tx = optax.sgd(schedule, momentum=t.momentum)
+  else:
+    tx = optax.adam(schedule, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps)
+  if t.reduce_on_plateau_factor is not None:
+    tx = optax.chain(tx, optax.contrib.reduce_on_plateau(
+        factor=t.reduce_on_plateau_factor,
+        patience=t.reduce_on_plateau_patience,
+        accumulation_size=t.reduce_on_plateau_accumulation_steps,
+        min_scale=1e-8 / t.learning_rate))
+  return optax.with_extra_args_support(tx)
+
+
+def _module_paths(model: nnx.Module, predicate) -> set[tuple[str, ...]]:
+  return {
+      tuple(str(p) for p in path)
+      for path, node in nnx.iter_graph(model) if predicate(node)
+  }
+
+
+def parameter_groups(model: nnx.Module, regularize_depthwise: bool
+                     ) -> tuple[Callable[[tuple], bool],
+                                Callable[[tuple], bool]]:
+  """(is_decayed(path), is_conv_bias(path)) over parameter key paths.
+
+  Weight decay applies to conv kernels only (not BatchNorm, not biases) and,
+  as in the reference, not to depthwise kernels unless asked.
+  """
+  convs = _module_paths(model, lambda n: isinstance(n, nnx.Conv))
+  depthwise = _module_paths(
+      model, lambda n: isinstance(n, nnx.Conv) and n.feature_group_count > 1)
+
+  def is_decayed(key: tuple) -> bool:
+    module, name = key[:-1], key[-1]
+    if name != 'kernel' or module not in convs:
+      return False
+    return regularize_depthwise or module not in depthwise
+
+  def is_conv_bias(key: tuple) -> bool:
+    return key[-1] == 'bias' and key[:-1] in convs
+
+  return is_decayed, is_conv_bias
+
+
+# ------------------------------------------------------------ train step
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict,
+                    is_decayed: Callable[[tuple], bool],
+                    is_conv_bias: Callable[[tuple], bool],
+                    schedule: optax.Schedule) -> Callable:
+  """The (unjitted) train step: (state, batch) -> (state, metrics)."""
+  t, d = config.train, config.data
+
+  def l2_of(params) -> jax.Array:
+    terms = []
+    jax.tree_util.tree_map_with_path(
+        lambda p, w: terms.append(jnp.sum(jnp.square(w)))
+        if is_decayed(checkpoints._key_path(p)) else None, params)  # pylint: disable=protected-access
+    return 0.5 * t.weight_decay * sum(terms) if terms else jnp.float32(0)
+
+  def train_step(state: TrainState, batch: dict[str, jax.Array]):
+    labels = batch['label'].astype(jnp.int32)
+    dropout_key = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+      model = nnx.merge(graphdef, params, state.batch_stats, copy=True)
+      if t.freeze_batch_norm:
+        model = nnx.view(model, use_running_average=True)
+      logits = model(batch['image'], rngs=nnx.Rngs(dropout=dropout_key))
+      cross_entropy = losses.softmax_cross_entropy(
+          logits, labels, ignore_label=d.ignore_label,
+          top_k_percent_pixels=t.top_k_percent_pixels,
+          hard_example_mining_step=t.hard_example_mining_step,
+          step=state.step)
+      weight_decay = l2_of(params)
+      new_stats = nnx.state(model, nnx.BatchStat)
+      return cross_entropy + weight_decay, (cross_entropy, weight_decay,
+                                            logits, new_stats)
+
+    (loss, (cross_entropy, weight_decay, logits, new_stats)), grads = (
+        jax.value_and_grad(loss_fn, has_aux=True)(state.params))
+    if t.bias_lr_multiplier != 1.0:  # Reference: biases learn 2x faster.
+      grads = jax.tree_util.tree_map_with_path(
+          lambda p, g: g * t.bias_lr_multiplier
+          if is_conv_bias(checkpoints._key_path(p)) else g, grads)  # pylint: disable=protected-access
+    updates, opt_state = tx.update(grads, state.opt_state, state.params,
+                                   value=loss)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss)
+    new_state = TrainState(state.step + 1, params, new_stats, opt_state,
+                           state.rng)
+    # A non-finite loss leaves the state untouched; the loop then stops.
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                             new_state, state)
+    valid = labels != d.ignore_label
+    correct = (jnp.argmax(logits, -1) == labels) & valid
+    metrics = {
+        'loss': loss,
+        'cross_entropy': cross_entropy,
+        'weight_decay_loss': weight_decay,
+        'pixel_accuracy': jnp.sum(correct) / jnp.maximum(jnp.sum(valid), 1),
+        'learning_rate': schedule(state.step),
+        'finite': finite,
+    }
+    return new_state, metrics
+
+  return train_step
+
+
+# ---------------------------------------------------------------- setup
+
+
+def num_train_steps(config: ml_collections.ConfigDict,
+                    num_examples: int) -> int:
+  t = config.train
+  if t.num_epochs is not None:
+    return max(1, math.ceil(t.num_epochs * num_examples / t.batch_size))
+  return t.num_steps
+
+
+class Trainer:
+  """Model, optimizer, sharded jitted step and state for one config.
+
+  Kept separate from the loop so that tests and notebooks can run single
+  steps on given batches.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, num_steps: int,
+               mesh: jax.sharding.Mesh | None = None):
+    self.config = config
+    self.num_steps = num_steps
+    self.mesh = mesh or distributed.make_mesh()
+    model = create_model(config.model, rngs=nnx.Rngs(config.seed))
+    self.graphdef, params, batch_stats = nnx.split(model, nnx.Param,
+                                                   nnx.BatchStat)
+    self.tx = create_optimizer(config.train, num_steps)
+    self.schedule = learning_rate_schedule(config.train, num_steps)
+    is_decayed, is_conv_bias = parameter_groups(
+        model, config.train.regularize_depthwise)
+    self.state = TrainState(
+        step=jnp.zeros((), jnp.int32), params=params,
+        batch_stats=batch_stats, opt_state=self.tx.init(params),
+        rng=jax.random.PRNGKey(config.seed + 1))
+    self.replicated = distributed.replicated(self.mesh)
+    self.data_sharding = distributed.data_sharding(self.mesh)
+    step_fn = make_train_step(self.graphdef, self.tx, config, is_decayed,
+                              is_conv_bias, self.schedule)
+    self.train_step = jax.jit(
+        step_fn, in_shardings=(self.replicated, self.data_sharding),
+        out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+
+  def abstract_state(self) -> Any:
+    return jax.eval_shape(lambda: self.state)
+
+  def place(self) -> None:
+    """Puts the state on the devices, replicated."""
+    self.state = jax.device_put(self.state, self.replicated)
+
+  def load_weights(self, source: str, scope: str) -> dict:
+    """config.train.init_from: weights only, from a checkpoint or a
+    pretrained source (see deeplab_jax.weights)."""
+    from deeplab_jax.weights import pretrained  # pylint: disable=g-import-not-at-top
+    weights = pretrained.read_init_weights(source, self.config)
+    params, batch_stats, report = checkpoints.copy_matching(
+        self.state.params, self.state.batch_stats, weights, scope=scope)
+    self.state = self.state.replace(params=params, batch_stats=batch_stats)
+    return report
+
+  def step(self, batch: dict[str, Any]) -> dict[str, jax.Array]:
+    """One step on a host batch (this process's share of the global batch,
+    which must divide over the devices); returns the metrics."""
+    batch = distributed.to_global(batch, self.data_sharding)
+    self.state, metrics = self.train_step(self.state, batch)
+    return metrics
+
+  def model(self, output_stride: int | None = None) -> nnx.Module:
+    """The current model (BatchNorm in training mode), optionally rebuilt
+    for another output stride."""
+    graphdef = self.graphdef
+    if output_stride and output_stride != self.config.model.output_stride:
+      abstract = nnx.eval_shape(lambda: create_model(
+          self.config.model, output_stride=output_stride))
+      graphdef = nnx.graphdef(abstract)
+    return nnx.merge(graphdef, self.state.params, self.state.batch_stats)
+
+
+class _StopFlag:
+  """Set by SIGTERM (preemption); the loop saves and exits at a step end."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread (notebooks): no handler.
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def any_process(self) -> bool:
+    if jax.process_count() == 1:
+      return self.raised
+    flags = multihost_utils.process_allgather(np.int32(self.raised))
+    return bool(np.any(flags))
+
+
+def _check_finite(step: int, metrics: dict[str, jax.Array],
+                  checkpointer: checkpoints.Checkpointer) -> None:
+  if bool(metrics['finite']):
+    return
+  checkpointer.wait()
+  last = checkpointer.latest_step()
+  kept = (f'The last good checkpoint (step {last}, {checkpointer.path(last)}) '
+          'is kept and was not overwritten'
+          if last is not None else 'No checkpoint had been written yet')
+  loss = float(metrics['loss'])
+  raise NonFiniteLossError(
+      f'The training loss became {loss} at step {step}; training stopped. '
+      f'{kept}. Lower config.train.learning_rate (or add warmup_steps), check '
+      'the data, then run again: it resumes from the last checkpoint.')
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          stop_after: int | None = None) -> dict[str, Any]:
+  """Trains (resuming from `workdir` if it has a checkpoint).
+
+  Args:
+    config: the full config.
+    workdir: checkpoints, config.json and TensorBoard files go here.
+    stop_after: stop (as if preempted: checkpoint, clean exit) once this
+      step is done, e.g. to split a run over time-limited jobs.
+
+  Returns:
+    The last logged training metrics and the final step.
+  """
+  workdir_path = epath.Path(workdir)
+  workdir_path.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    (workdir_path / 'config.json').write_text(config.to_json_best_effort(
+        indent=2))
+  mesh = distributed.make_mesh()
+  local_batch_size = distributed.per_process_batch_size(
+      config.train.batch_size, mesh)
+  source = pipeline.data_source(config.data, config.data.train_split)
+  num_steps = num_train_steps(config, len(source))
+  trainer = Trainer(config, num_steps, mesh)
+  checkpointer = checkpoints.Checkpointer(
+      workdir, max_to_keep=config.train.keep_checkpoints)
+  data_iterator = iter(pipeline.train_loader(
+      config, batch_size=local_batch_size, source=source))
+
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    trainer.state = checkpointer.restore(latest, trainer.abstract_state(),
+                                         data_iterator)
+    logging.info('Resuming from step %d (checkpoint: %s).', latest,
+                 checkpointer.path(latest))
+    print(f'Resuming from step {latest} (checkpoint: '
+          f'{checkpointer.path(latest)})', flush=True)
+  elif config.train.init_from:
+    report = trainer.load_weights(config.train.init_from,
+                                  config.train.init_from_scope)
+    logging.info('init_from %s: loaded %d arrays; kept %d initial (shape '
+                 'differs: %s)', config.train.init_from, report['loaded'],
+                 len(report['skipped']), ', '.join(report['skipped'][:5]))
+  trainer.place()
+
+  # clu's TensorBoard writer imports TensorFlow: only when really training.
+  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+  if latest is None:
+    writer.write_hparams({
+        k: v for k, v in _flatten_config(config).items()
+        if isinstance(v, (int, float, str, bool))
+    })
+  report_progress = periodic_actions.ReportProgress(
+      num_train_steps=num_steps, writer=writer,
+      every_steps=config.train.log_every_steps)
+  prefetcher = distributed.Prefetcher(
+      data_iterator,
+      lambda batch: distributed.to_global(batch, trainer.data_sharding))
+
+  step = int(trainer.state.step)
+  logging.info('Training %s from step %d to %d, global batch %d on %d '
+               'device(s).', config.model.head.type, step, num_steps,
+               config.train.batch_size, trainer.mesh.devices.size)
+  pending: tuple[int, dict] | None = None
+  window: list[dict[str, jax.Array]] = []
+  last_logged: dict[str, Any] = {'step': step}
+  t = config.train
+  try:
+    with _StopFlag() as stop:
+      while step < num_steps:
+        batch, data_state = next(prefetcher)
+        trainer.state, metrics = trainer.train_step(trainer.state, batch)
+        step += 1
+        # Check the previous step's loss: one step behind keeps dispatch
+        # asynchronous while still naming the exact step.
+        if pending is not None:
+          _check_finite(*pending, checkpointer)
+        pending = (step, metrics)
+        window.append(metrics)
+        report_progress(step)
+        stopping = stop.any_process() or step == stop_after
+        if step % t.log_every_steps == 0 or step == num_steps or stopping:
+          _check_finite(step, metrics, checkpointer)
+          last_logged.update(_write_train_metrics(writer, step, window))
+          window = []
+        if step % t.checkpoint_every_steps == 0 or step == num_steps or (
+            stopping):
+          _check_finite(step, metrics, checkpointer)
+          checkpointer.save(step, trainer.state, data_state)
+        if stopping:
+          checkpointer.wait()
+          why = 'SIGTERM' if step != stop_after else 'stop_after'
+          message = (f'Stopped by {why} at step {step}; saved checkpoint '
+                     f'{checkpointer.path(step)}. Run the same command to '
+                     'resume.')
+          logging.warning(message)
+          print(message, flush=True)
+          break
+        if t.eval_every_steps and step % t.eval_every_steps == 0:
+          from deeplab_jax import evaluate  # pylint: disable=g-import-not-at-top
+          summary = evaluate.evaluate_state(config, trainer, workdir,
+                                            step=step, writer=writer)
+          last_logged['eval'] = {k: summary[k] for k in
+                                 ('miou', 'pixel_accuracy', 'images', 'step')}
+  finally:
+    prefetcher.close()
+    checkpointer.wait()
+    writer.flush()
+  checkpointer.close()
+  last_logged['final_step'] = step
+  return last_logged
+
+
+def _flatten_config(config: Any, prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for key, value in config.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, ml_collections.ConfigDict):
+      flat.update(_flatten_config(value, name + '.'))
+    else:
+      flat[name] = value
+  return flat
+
+
+def _write_train_metrics(writer: Any, step: int,
+                         window: list[dict[str, jax.Array]]
+                         ) -> dict[str, Any]:
+  window = jax.device_get(window)
+  names = [k for k in window[0] if k != 'finite']
+  means = {f'train/{k}': float(np.mean([m[k] for m in window]))
+           for k in names}
+  writer.write_scalars(step, means)
+  return dict(means, step=step)

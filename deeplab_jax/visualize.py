@@ -1,0 +1,83 @@
+"""Pictures: VOC-palette masks, overlays, result panels, confusion matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from deeplab_jax.data.voc import color_map
+
+PALETTE = color_map()
+
+
+def colorize(mask: np.ndarray) -> np.ndarray:
+  """[H, W] class ids -> [H, W, 3] uint8 in the VOC palette (255 -> cream)."""
+  return PALETTE[np.asarray(mask, np.uint8)]
+
+
+def overlay(image: np.ndarray, mask: np.ndarray,
+            alpha: float = 0.5) -> np.ndarray:
+  """The image with the colour mask blended over non-background pixels."""
+  image = np.asarray(image, np.float32)
+  colors = colorize(mask).astype(np.float32)
+  blend = np.where((np.asarray(mask) > 0)[..., None],
+                   (1 - alpha) * image + alpha * colors, image)
+  return np.clip(blend + 0.5, 0, 255).astype(np.uint8)
+
+
+def result_panel(image: np.ndarray, truth: np.ndarray | None,
+                 prediction: np.ndarray, gap: int = 4) -> np.ndarray:
+  """image | ground truth | prediction | overlay, side by side (uint8)."""
+  parts = [np.asarray(image, np.uint8)]
+  if truth is not None:
+    parts.append(colorize(truth))
+  parts += [colorize(prediction), overlay(image, prediction)]
+  height = parts[0].shape[0]
+  spacer = np.full((height, gap, 3), 255, np.uint8)
+  row = []
+  for part in parts:
+    row += [part, spacer]
+  return np.concatenate(row[:-1], axis=1)
+
+
+def save_png(array: np.ndarray, path) -> None:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image.fromarray(np.asarray(array, np.uint8)).save(str(path))
+
+
+def save_mask_png(mask: np.ndarray, path) -> None:
+  """A palette PNG whose pixel values are the class ids (VOC format)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  image = Image.fromarray(np.asarray(mask, np.uint8), mode='P')
+  image.putpalette(PALETTE.reshape(-1).tolist())
+  image.save(str(path))
+
+
+def confusion_figure(confusion: np.ndarray, class_names: Sequence[str]):
+  """A matplotlib figure of the row-normalised confusion matrix."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg', force=False)
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  confusion = np.asarray(confusion, np.float64)
+  rows = confusion.sum(axis=1, keepdims=True)
+  normalised = np.divide(confusion, rows, out=np.zeros_like(confusion),
+                         where=rows > 0)
+  n = len(class_names)
+  size = max(4.0, 0.38 * n + 2)
+  fig, ax = plt.subplots(figsize=(size, size))
+  ax.imshow(normalised, cmap='Blues', vmin=0, vmax=1)
+  ax.set_xticks(range(n), class_names, rotation=90)
+  ax.set_yticks(range(n), class_names)
+  ax.set_xlabel('prediction')
+  ax.set_ylabel('ground truth')
+  ax.set_title('confusion (rows normalised)')
+  if n <= 12:
+    for i in range(n):
+      for j in range(n):
+        if normalised[i, j] >= 0.005:
+          ax.text(j, i, f'{normalised[i, j]:.2f}', ha='center', va='center',
+                  fontsize=8,
+                  color='white' if normalised[i, j] > 0.5 else 'black')
+  fig.tight_layout()
+  return fig

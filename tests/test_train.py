@@ -1,0 +1,251 @@
+"""Training: device-count invariance, multi-host, resume, preemption, NaN."""
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from deeplab_jax import checkpoints, losses, train
+from deeplab_jax.config import default_config
+from deeplab_jax.errors import NonFiniteLossError
+from tests.conftest import tiny_model_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _env(**extra):
+  """The test environment (compile cache, fast-compile flag) for a child,
+  without a simulated device count unless `extra` sets one."""
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  flags = [f for f in env.get('XLA_FLAGS', '').split()
+           if not f.startswith('--xla_force_host_platform_device_count')]
+  flags += extra.pop('XLA_FLAGS', '').split()
+  env['XLA_FLAGS'] = ' '.join(flags)
+  env.update(extra)
+  return env
+
+
+def _one_step(tmp_path, name, *args):
+  out = tmp_path / f'{name}.npz'
+  return out, subprocess.Popen(
+      [sys.executable, '-m', 'tests.helpers.one_step', f'--out={out}', *args],
+      cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True)
+
+
+def _wait(process, timeout=600):
+  output, _ = process.communicate(timeout=timeout)
+  assert process.returncode == 0, output[-4000:]
+  return output
+
+
+def _assert_same_step(a, b, atol=1e-5):
+  a, b = np.load(a), np.load(b)
+  assert set(a.files) == set(b.files)
+  assert abs(float(a['loss']) - float(b['loss'])) <= atol
+  worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a.files)
+  assert worst <= atol, worst
+
+
+@pytest.fixture(scope='module')
+def one_device_step(tmp_path_factory):
+  """The reference: one step on one device."""
+  out, process = _one_step(tmp_path_factory.mktemp('one'), 'one',
+                           '--local_devices=1')
+  assert 'devices 1' in _wait(process)
+  return out
+
+
+def test_one_device_and_eight_devices_take_the_same_step(one_device_step,
+                                                         tmp_path):
+  eight, process = _one_step(tmp_path, 'eight', '--local_devices=8')
+  assert 'devices 8' in _wait(process)
+  _assert_same_step(one_device_step, eight)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_form_one_cluster_and_agree(one_device_step, tmp_path):
+  coordinator = f'127.0.0.1:{_free_port()}'
+  runs = [
+      _one_step(tmp_path, f'process{i}', '--num_processes=2',
+                f'--process_id={i}', f'--coordinator={coordinator}')
+      for i in range(2)
+  ]
+  for (_, process) in runs:
+    assert 'devices 2' in _wait(process)
+  _assert_same_step(runs[0][0], runs[1][0], atol=0.0)  # Bit-identical.
+  # Two hosts, each with its half of the batch == one device with all of it.
+  _assert_same_step(runs[0][0], one_device_step)
+
+
+def _voc_train_config(data_dir, manual_dir, **train_overrides):
+  config = default_config()
+  config.model = tiny_model_config()
+  config.data.dataset = 'voc2012'
+  config.data.data_dir = str(data_dir)
+  config.data.manual_dir = str(manual_dir)
+  config.data.crop_size = 65
+  config.data.num_workers = 0
+  config.train.batch_size = 4
+  config.train.learning_rate = 0.05
+  config.train.num_steps = 30
+  config.train.log_every_steps = 5
+  config.train.checkpoint_every_steps = 2
+  for key, value in train_overrides.items():
+    config.train[key] = value
+  return config
+
+
+@pytest.fixture(scope='module')
+def voc_config(voc_prepared):
+  config, _ = voc_prepared
+  return _voc_train_config(config.data.data_dir, config.data.manual_dir)
+
+
+def _saved(workdir, step):
+  raw = checkpoints.read_weights(pathlib.Path(workdir) / 'checkpoints' /
+                                 str(step))
+  data = (pathlib.Path(workdir) / 'checkpoints' / str(step) / 'data' /
+          'process_0-of-1.json').read_text()
+  return raw, data
+
+
+def test_four_steps_equal_two_plus_restart_plus_two(voc_config, tmp_path):
+  # Runs of 30 steps (the poly schedule's length) cut short after step 4.
+  straight = tmp_path / 'straight'
+  config = voc_config.copy_and_resolve_references()
+  assert train.train(config, str(straight), stop_after=4)['final_step'] == 4
+  split = tmp_path / 'split'
+  assert train.train(config, str(split), stop_after=2)['final_step'] == 2
+  train.train(config, str(split), stop_after=4)  # Resumes from step 2.
+  for step in (2, 4):
+    (weights_a, data_a), (weights_b, data_b) = (_saved(straight, step),
+                                                _saved(split, step))
+    assert data_a == data_b  # The same batches were consumed.
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+      np.testing.assert_array_equal(weights_a[key], weights_b[key])
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(
+    voc_config, tmp_path, monkeypatch):
+  real_loss = losses.softmax_cross_entropy
+
+  def nan_from_step_3(logits, labels, *, step, **kwargs):
+    loss = real_loss(logits, labels, step=step, **kwargs)
+    return jax.numpy.where(step >= 3, jax.numpy.nan, loss)
+
+  monkeypatch.setattr(losses, 'softmax_cross_entropy', nan_from_step_3)
+  config = voc_config.copy_and_resolve_references()
+  workdir = tmp_path / 'nan'
+  with pytest.raises(NonFiniteLossError) as error:
+    train.train(config, str(workdir))
+  message = str(error.value)
+  assert 'became nan at step 4' in message
+  assert 'last good checkpoint (step 2' in message
+  checkpointer = checkpoints.Checkpointer(workdir, read_only=True)
+  assert checkpointer.all_steps() == [2]
+  weights, _ = _saved(workdir, 2)
+  assert all(np.all(np.isfinite(v)) for v in weights.values())
+
+
+def _main(workdir, config_args, **popen_kwargs):
+  return subprocess.Popen(
+      [sys.executable, 'main.py', '--config=configs/demo.py',
+       f'--workdir={workdir}', *config_args],
+      cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True, **popen_kwargs)
+
+
+def _wait_for_checkpoint_after(workdir, after, process, timeout=300):
+  """The step of the first complete checkpoint newer than `after`."""
+  directory = pathlib.Path(workdir) / 'checkpoints'
+  deadline = time.time() + timeout
+  while True:
+    steps = [int(p.name) for p in directory.iterdir()
+             if p.name.isdigit()] if directory.is_dir() else []
+    newer = [step for step in steps if step > after]
+    if newer:
+      return max(newer)
+    if process.poll() is not None:
+      pytest.fail('training ended early:\n' + process.stdout.read()[-4000:])
+    assert time.time() < deadline, 'no checkpoint in time'
+    time.sleep(0.02)
+
+
+def test_sigterm_saves_and_sigkill_after_a_checkpoint_resumes(
+    demo_data_dir, tmp_path):
+  workdir = tmp_path / 'run'
+  steps = 80
+  args = [f'--config.data.data_dir={demo_data_dir}',
+          '--config.data.num_workers=0', f'--config.train.num_steps={steps}',
+          '--config.train.checkpoint_every_steps=4',
+          '--config.train.log_every_steps=4', '--config.train.batch_size=4',
+          '--config.data.crop_size=49', '--config.model.head.channels=16',
+          '--config.model.head.projection_channels=16',
+          '--config.model.decoder.channels=16',
+          '--config.model.backbone.depth_multiplier=0.35']
+  # Preemption: SIGTERM saves a checkpoint and exits cleanly.
+  first = _main(workdir, args)
+  _wait_for_checkpoint_after(workdir, 0, first)
+  first.send_signal(signal.SIGTERM)
+  output, _ = first.communicate(timeout=120)
+  assert first.returncode == 0, output[-4000:]
+  assert 'Stopped by SIGTERM at step' in output
+  stopped_at = max(checkpoints.Checkpointer(workdir, read_only=True)
+                   .all_steps())
+  assert stopped_at < steps
+  # Killed with SIGKILL right after its next checkpoint.
+  second = _main(workdir, args)
+  killed_after = _wait_for_checkpoint_after(workdir, stopped_at, second)
+  second.send_signal(signal.SIGKILL)
+  output, _ = second.communicate(timeout=60)
+  assert second.returncode == -signal.SIGKILL
+  assert f'Resuming from step {stopped_at}' in output
+  # The next run resumes from the newest complete checkpoint and finishes.
+  third = _main(workdir, args)
+  output, _ = third.communicate(timeout=300)
+  assert third.returncode == 0, output[-4000:]
+  resumed = [line for line in output.splitlines()
+             if line.startswith('Resuming from step')]
+  assert resumed and int(resumed[0].split()[3]) >= killed_after
+  assert steps in checkpoints.Checkpointer(workdir, read_only=True).all_steps()
+
+
+def test_indivisible_batch_is_one_clear_message(tmp_path):
+  result = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/demo.py',
+       f'--workdir={tmp_path}', '--config.train.batch_size=6'],
+      cwd=REPO, env=_env(XLA_FLAGS='--xla_force_host_platform_device_count=4'),
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  assert ('error: config.train.batch_size = 6 does not divide over the 4 '
+          'devices') in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_learning_rate_schedules():
+  config = default_config().train
+  poly = train.learning_rate_schedule(config, 100)
+  assert float(poly(0)) == pytest.approx(0.007)
+  assert float(poly(50)) == pytest.approx(0.007 * 0.5 ** 0.9, rel=1e-5)
+  assert float(poly(100)) == pytest.approx(0.0, abs=1e-9)
+  config.warmup_steps = 10
+  warm = train.learning_rate_schedule(config, 100)
+  assert float(warm(5)) == pytest.approx(0.0035)
+  config.lr_schedule, config.inverse_time_decay, config.warmup_steps = (
+      'inverse_time', 0.01, 0)
+  inverse = train.learning_rate_schedule(config, 100)
+  assert float(inverse(100)) == pytest.approx(0.007 / 2)
