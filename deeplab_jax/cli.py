@@ -27,10 +27,11 @@ def inference_model(config: Any, workdir: str | None):
   trainer = train.Trainer(config, config.train.num_steps,
                           distributed.make_mesh(jax.local_devices()))
   step = None
-  if workdir and (checkpoints.Checkpointer(
-      workdir, read_only=True).latest_step() is not None):
+  checkpointer = None
+  if workdir and os.path.isdir(os.path.join(workdir, 'checkpoints')):
     checkpointer = checkpoints.Checkpointer(workdir, read_only=True)
     step = checkpointer.latest_step()
+  if step is not None:
     trainer.state = checkpointer.restore(step, trainer.abstract_state())
     print(f'Using step {step} (checkpoint: {checkpointer.path(step)})',
           flush=True)

@@ -158,6 +158,9 @@ def default_config() -> ml_collections.ConfigDict:
   e = c.eval
   e.output_stride = 8
   e.crop_size = 513  # Images are padded (never cropped) to at least this.
+  # Fixed-input exports (TFLite): resize images to fit crop_size instead,
+  # and upsample the predictions to the original size for scoring.
+  e.resize_to_crop = False
   e.scales = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
   e.flip = True
   e.batch_size = 8

@@ -25,6 +25,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
+from PIL import Image
 
 from deeplab_jax import distributed, inference, metrics, visualize
 from deeplab_jax.data import augment, pipeline
@@ -59,11 +60,11 @@ class Progress:
 
 def batches_by_shape(examples: Iterator[dict[str, Any]], batch_size: int
                      ) -> Iterator[list[dict[str, Any]]]:
-  """Groups consecutive examples of equal padded shape into lists."""
+  """Groups consecutive examples of equal (padded) image shape into lists."""
   group: list[dict[str, Any]] = []
   for example in examples:
     if group and (len(group) == batch_size or
-                  example['label'].shape != group[0]['label'].shape):
+                  example['image'].shape != group[0]['image'].shape):
       yield group
       group = []
     group.append(example)
@@ -71,15 +72,18 @@ def batches_by_shape(examples: Iterator[dict[str, Any]], batch_size: int
     yield group
 
 
-def _stack(group: list[dict[str, Any]], batch_size: int, ignore_label: int
-           ) -> tuple[np.ndarray, np.ndarray]:
-  """Images and labels of a group, padded with all-ignore examples."""
+def _stack(group: list[dict[str, Any]], batch_size: int, ignore_label: int,
+           with_labels: bool = True):
+  """Images (and labels) of a group, padded with all-ignore examples."""
   images = np.stack([e['image'] for e in group])
-  labels = np.stack([e['label'] for e in group])
   missing = batch_size - len(group)
   if missing:
     images = np.concatenate([images, np.zeros((missing,) + images.shape[1:],
                                               images.dtype)])
+  if not with_labels:
+    return images, None
+  labels = np.stack([e['label'] for e in group])
+  if missing:
     labels = np.concatenate([labels, np.full((missing,) + labels.shape[1:],
                                              ignore_label, labels.dtype)])
   return images, labels
@@ -87,25 +91,32 @@ def _stack(group: list[dict[str, Any]], batch_size: int, ignore_label: int
 
 def make_eval_step(model: nnx.Module, config: ml_collections.ConfigDict,
                    num_classes: int):
-  """A jitted (images, labels) -> (predictions uint8, confusion) function
-  over this process's devices."""
+  """Jitted functions over this process's devices:
+
+  step(images, labels) -> (predictions uint8, confusion) for padded images;
+  probabilities(images) -> [N, H, W, C] for `eval.resize_to_crop`.
+  """
   graphdef, state = nnx.split(inference_view(model))
   mesh = distributed.make_mesh(jax.local_devices())
   data = distributed.data_sharding(mesh)
   state = jax.device_put(state, distributed.replicated(mesh))
   scales = tuple(float(s) for s in config.eval.scales)
 
+  def predict(state, images):
+    return inference.predict_probabilities(
+        nnx.merge(graphdef, state), images, scales=scales,
+        flip=config.eval.flip)
+
   @functools.partial(jax.jit, in_shardings=(None, data, data))
   def step(state, images, labels):
-    model = nnx.merge(graphdef, state)
-    probs = inference.predict_probabilities(model, images, scales=scales,
-                                            flip=config.eval.flip)
-    predictions = jnp.argmax(probs, axis=-1)
+    predictions = jnp.argmax(predict(state, images), axis=-1)
     confusion = metrics.confusion_matrix(predictions, labels, num_classes,
                                          config.data.ignore_label)
     return predictions.astype(jnp.uint8), confusion
 
-  return lambda images, labels: step(state, images, labels), mesh
+  probabilities = jax.jit(predict, in_shardings=(None, data))
+  return (lambda images, labels: step(state, images, labels),
+          lambda images: probabilities(state, images), mesh)
 
 
 def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, *,
@@ -125,7 +136,9 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, *,
   num_classes = config.model.num_classes
   if len(class_names) != num_classes:
     class_names = tuple(f'class_{i}' for i in range(num_classes))
-  eval_step, mesh = make_eval_step(model, config, num_classes)
+  eval_step, probabilities_fn, mesh = make_eval_step(model, config,
+                                                     num_classes)
+  resize = config.eval.resize_to_crop
   local_devices = mesh.devices.size
   batch_size = -(-config.eval.batch_size // local_devices) * local_devices
   if source is None:
@@ -146,11 +159,24 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, *,
     if limit is not None and seen >= total_local:
       break
     group = group[:max(0, total_local - seen)] if limit is not None else group
-    images, labels = _stack(group, batch_size, config.data.ignore_label)
-    predictions, batch_confusion = eval_step(images, labels)
-    confusion += np.asarray(batch_confusion, np.int64)
+    images, labels = _stack(group, batch_size, config.data.ignore_label,
+                            with_labels=not resize)
+    if resize:  # Score at the original resolution, on the host.
+      probabilities = np.asarray(probabilities_fn(images))
+      predictions = []
+      for example, probs in zip(group, probabilities):
+        prediction = inference.to_original_size(
+            probs, example['valid'], example['label'].shape)
+        confusion += metrics.confusion_matrix_numpy(
+            prediction, example['label'], num_classes,
+            config.data.ignore_label)
+        predictions.append(prediction)
+    else:
+      predictions, batch_confusion = eval_step(images, labels)
+      confusion += np.asarray(batch_confusion, np.int64)
+      predictions = np.asarray(predictions)
     if image_dir is not None and jax.process_index() == 0:
-      _save_results(group, np.asarray(predictions), image_dir, seen,
+      _save_results(group, predictions, image_dir, seen,
                     config.eval.num_result_images)
     seen += len(group)
     progress.update(len(group))
@@ -196,7 +222,11 @@ def _save_results(group, predictions, image_dir, first: int,
     if index >= limit:
       return
     h, w = int(example['height']), int(example['width'])
-    image = augment.denormalize(example['image'][:h, :w])
+    vh, vw = (int(v) for v in example['valid'])
+    image = augment.denormalize(example['image'][:vh, :vw])
+    if (vh, vw) != (h, w):  # Resized input: show it at the original size.
+      image = np.asarray(Image.fromarray(image).resize((w, h),
+                                                       Image.BILINEAR))
     panel = visualize.result_panel(image, example['label'][:h, :w],
                                    predictions[offset][:h, :w])
     stem = epath.Path(example['file_name']).stem

@@ -11,8 +11,10 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from deeplab_jax.models.layers import resize_bilinear, scale_dimension
+from deeplab_jax.models.layers import (interpolation_matrix, resize_bilinear,
+                                       scale_dimension)
 
 
 def predict_probabilities(model, images: jax.Array, *,
@@ -49,3 +51,26 @@ def predict_probabilities(model, images: jax.Array, *,
       total = probs if total is None else total + probs
       count += 1
   return total / count
+
+
+def to_original_size(probabilities: np.ndarray, valid: Sequence[int],
+                     size: Sequence[int]) -> np.ndarray:
+  """Class ids at the original image size from probabilities of a resized
+  and padded input (host-side numpy, any size).
+
+  Args:
+    probabilities: [S, S, C] for the padded square input.
+    valid: (h, w) of the resized image inside the square.
+    size: (H, W) of the original image.
+
+  Returns:
+    [H, W] int class ids: the valid region's probabilities resized with
+    align corners, then argmax.
+  """
+  h, w = int(valid[0]), int(valid[1])
+  probs = np.asarray(probabilities[:h, :w], np.float32)
+  rows = interpolation_matrix(h, int(size[0]))
+  cols = interpolation_matrix(w, int(size[1]))
+  resized = np.einsum('oh,hwc->owc', rows, probs)
+  resized = np.einsum('pw,owc->opc', cols, resized)
+  return np.argmax(resized, axis=-1)

@@ -32,6 +32,18 @@ def confusion_matrix(predictions: jax.Array, labels: jax.Array,
   return counts.reshape(num_classes, num_classes).astype(jnp.int32)
 
 
+def confusion_matrix_numpy(predictions: np.ndarray, labels: np.ndarray,
+                           num_classes: int,
+                           ignore_label: int = 255) -> np.ndarray:
+  """`confusion_matrix` on the host, for arrays of any shape (int64)."""
+  labels = np.asarray(labels).astype(np.int64).reshape(-1)
+  predictions = np.asarray(predictions).astype(np.int64).reshape(-1)
+  valid = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
+  index = labels[valid] * num_classes + predictions[valid]
+  return np.bincount(index, minlength=num_classes * num_classes).reshape(
+      num_classes, num_classes)
+
+
 def iou_from_confusion(confusion: np.ndarray) -> np.ndarray:
   """Per-class IoU; NaN for classes absent from both truth and prediction."""
   confusion = np.asarray(confusion, np.float64)

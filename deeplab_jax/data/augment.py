@@ -141,3 +141,29 @@ def pad_for_eval(image: np.ndarray, mask: np.ndarray, *, min_size: int,
   out_label = np.full((target_h, target_w), ignore_label, np.uint8)
   out_label[:h, :w] = mask
   return out_image, out_label
+
+
+def fit_and_pad(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int,
+                                                                        int]]:
+  """Resizes an image so that its longer side is at most `size` (keeping its
+  aspect ratio, PIL bilinear) and pads it to size x size at the bottom/right.
+
+  This is how fixed-input exports such as the 257x257 TFLite model are fed.
+
+  Args:
+    image: [H, W, 3] uint8.
+    size: the square input size.
+
+  Returns:
+    ([size, size, 3] float32 in [-1, 1], padding = 0; (h, w) of the resized
+    image inside it).
+  """
+  height, width = image.shape[:2]
+  factor = min(1.0, size / max(height, width))
+  new_h, new_w = max(1, round(height * factor)), max(1, round(width * factor))
+  if (new_h, new_w) != (height, width):
+    image = np.asarray(Image.fromarray(image).resize((new_w, new_h),
+                                                     Image.BILINEAR))
+  out = np.zeros((size, size, 3), np.float32)
+  out[:new_h, :new_w] = normalize(image)
+  return out, (new_h, new_w)

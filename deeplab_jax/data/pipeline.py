@@ -98,10 +98,11 @@ def prepare_dataset(data_config: Any) -> tfds.core.DatasetBuilder:
 def data_source(data_config: Any, split: str):
   """Random-access source of raw examples (encoded image and mask bytes)."""
   builder = prepare_dataset(data_config)
-  if split not in builder.info.splits:
-    raise DatasetError(
-        f'{data_config.dataset} has no split {split!r}; it has '
-        f'{", ".join(builder.info.splits)}.')
+  for name in split.split('+'):  # TFDS split expressions: 'train+validation'.
+    if name.split('[')[0] not in builder.info.splits:
+      raise DatasetError(
+          f'{data_config.dataset} has no split {name!r}; it has '
+          f'{", ".join(builder.info.splits)}.')
   return tfds.data_source(
       dataset_spec(data_config.dataset).tfds_name, split=split,
       data_dir=data_config.data_dir, download=False,
@@ -152,23 +153,37 @@ class TrainAugment(grain.transforms.RandomMap):
 
 
 class EvalPad(grain.transforms.Map):
-  """Decode + pad to at least the eval size; keeps size and file name."""
+  """Decode + pad to at least the eval size; keeps size and file name.
 
-  def __init__(self, *, min_size: int, ignore_label: int):
+  With `resize`, the image is instead resized to fit the eval size and
+  padded to a square (`augment.fit_and_pad`), 'label' keeps the original
+  resolution, and 'valid' gives the resized image's size in the square.
+  """
+
+  def __init__(self, *, min_size: int, ignore_label: int,
+               resize: bool = False):
     self.min_size = min_size
     self.ignore_label = ignore_label
+    self.resize = resize
 
   def map(self, element: dict[str, Any]) -> dict[str, Any]:
     image = np.asarray(augment.decode_image(element['image']))
     mask = augment.decode_mask(element['segmentation_mask'])
     height, width = mask.shape
-    padded, label = augment.pad_for_eval(
-        image, mask, min_size=self.min_size, ignore_label=self.ignore_label)
+    if self.resize:
+      padded, valid = augment.fit_and_pad(image, self.min_size)
+      label = mask
+    else:
+      padded, label = augment.pad_for_eval(
+          image, mask, min_size=self.min_size,
+          ignore_label=self.ignore_label)
+      valid = (height, width)
     return {
         'image': padded,
         'label': label,
         'height': np.int32(height),
         'width': np.int32(width),
+        'valid': np.asarray(valid, np.int32),
         'file_name': _file_name(element['file_name']),
     }
 
@@ -231,7 +246,8 @@ def eval_loader(config: Any, *, split: str | None = None, source=None,
       num_records=len(source), shard_options=shard_options, shuffle=False,
       num_epochs=1, seed=0)
   operations = [EvalPad(min_size=config.eval.crop_size,
-                        ignore_label=d.ignore_label)]
+                        ignore_label=d.ignore_label,
+                        resize=config.eval.resize_to_crop)]
   return _loader(source, sampler, operations, shard_options,
                  d.num_workers if worker_count is None else worker_count,
                  d.prefetch_batches)

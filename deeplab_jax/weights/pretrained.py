@@ -1,17 +1,163 @@
-"""`config.train.init_from`: where initial weights (weights only) come from.
+"""Pretrained weights: the official DeepLab MobileNetV2 PASCAL models.
 
-A path is a checkpoint of this project (a workdir, its checkpoints/ folder or
-one step's folder). `keras_imagenet` maps Keras's ImageNet MobileNetV2 into
-the backbone.
+`config.train.init_from` takes:
+  * a name below (downloaded once into $DEEPLAB_JAX_CACHE, default
+    ~/.cache/deeplab_jax, and checked against its sha256);
+  * a path or URL of a `.tflite` export, a TF checkpoint (prefix, folder or
+    zoo `.tar.gz`), or a checkpoint folder of this project;
+  * `keras_imagenet`: Keras's ImageNet MobileNetV2 (the backbone only).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import os
+import shutil
+import urllib.parse
+import urllib.request
 from typing import Any
 
 import numpy as np
+from absl import logging
+from flax import nnx
 
 from deeplab_jax import checkpoints
+from deeplab_jax.errors import WeightImportError
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+  """An official model: where it is, and the facts of its architecture."""
+  url: str
+  format: str  # 'tflite' | 'tf_checkpoint'
+  depth_multiplier: float
+  output_stride: int  # The stride it is evaluated at.
+  input_size: int  # Fixed input of the export (TFLite), or the eval crop.
+  sha256: str | None
+  source: str
+  zoo_miou: str  # As published.
+
+
+_ZOO = 'http://download.tensorflow.org/models/'
+_CORAL = ('https://github.com/google-coral/test_data/raw/'
+          '104342d2d3480b3e66203073dac24f4e2dbb4c41/')
+
+MODELS = {
+    'mnv2_dm05_pascal_float_257': Pretrained(
+        url=('https://storage.googleapis.com/download.tensorflow.org/models/'
+             'tflite/gpu/deeplabv3_257_mv_gpu.tflite'),
+        format='tflite', depth_multiplier=0.5, output_stride=8,
+        input_size=257,
+        sha256=('68a539782c2c6a72f8aac3724600124a85ed977162b44e84cbae5db71'
+                '7c933c6'),
+        source='TFLite GPU-delegate sample (float32, logits)',
+        zoo_miou='71.83% (dm05 trainval, test set; 70.19% trainaug val)'),
+    'mnv2_pascal_quant_513': Pretrained(
+        url=_CORAL + 'deeplabv3_mnv2_pascal_quant.tflite', format='tflite',
+        depth_multiplier=1.0, output_stride=16, input_size=513,
+        sha256=('350af47fd346ea6d74b58833a351f583ba860e9806ec5bd292ff8d8f1'
+                'f249398'),
+        source='Coral test_data (uint8, quantisation-aware trained)',
+        zoo_miou='75.32% (train_aug 8-bit, val)'),
+    'mnv2_dm05_pascal_quant_513': Pretrained(
+        url=_CORAL + 'deeplabv3_mnv2_dm05_pascal_quant.tflite',
+        format='tflite', depth_multiplier=0.5, output_stride=16,
+        input_size=513,
+        sha256=('0470d2a782aa54eeeb99d32e7b6b3fb7722905c7c4f5d26bd957ec861'
+                '366d48b'),
+        source='Coral test_data (uint8, quantisation-aware trained)',
+        zoo_miou='70.19% (dm05 train_aug, val)'),
+    'mnv2_pascal_train_aug': Pretrained(
+        url=_ZOO + 'deeplabv3_mnv2_pascal_train_aug_2018_01_29.tar.gz',
+        format='tf_checkpoint', depth_multiplier=1.0, output_stride=8,
+        input_size=513, sha256=None,
+        source='DeepLab model zoo (TF checkpoint)',
+        zoo_miou='75.32% (val, OS 8)'),
+    'mnv2_pascal_trainval': Pretrained(
+        url=_ZOO + 'deeplabv3_mnv2_pascal_trainval_2018_01_29.tar.gz',
+        format='tf_checkpoint', depth_multiplier=1.0, output_stride=8,
+        input_size=513, sha256=None,
+        source='DeepLab model zoo (TF checkpoint)',
+        zoo_miou='77.33% (test, OS 8; val images were trained on)'),
+    'mnv2_dm05_pascal_trainaug': Pretrained(
+        url=_ZOO + 'deeplabv3_mnv2_dm05_pascal_trainaug_2018_10_01.tar.gz',
+        format='tf_checkpoint', depth_multiplier=0.5, output_stride=16,
+        input_size=513, sha256=None,
+        source='DeepLab model zoo (TF checkpoint)',
+        zoo_miou='70.19% (val, OS 16)'),
+}
+
+
+def cache_dir() -> str:
+  return os.environ.get('DEEPLAB_JAX_CACHE',
+                        os.path.expanduser('~/.cache/deeplab_jax'))
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def fetch(url: str, sha256: str | None = None) -> str:
+  """A local copy of `url` (http(s) or file://), cached and verified."""
+  parsed = urllib.parse.urlparse(url)
+  if parsed.scheme in ('', 'file') and not url.startswith('file://'):
+    return url  # Already a local path.
+  name = os.path.basename(parsed.path)
+  target = os.path.join(cache_dir(), name)
+  if not os.path.exists(target):
+    os.makedirs(cache_dir(), exist_ok=True)
+    partial = target + '.partial'
+    logging.info('Downloading %s to %s', url, target)
+    try:
+      with urllib.request.urlopen(url, timeout=60) as response, open(
+          partial, 'wb') as out:
+        shutil.copyfileobj(response, out)
+    except OSError as e:
+      raise WeightImportError(
+          f'Could not download {url} ({e}). Offline? Fetch it elsewhere and '
+          f'pass its local path as config.train.init_from, or put it in '
+          f'{cache_dir()}.') from e
+    os.replace(partial, target)  # Only complete files carry the real name.
+  if sha256 and _sha256(target) != sha256:
+    raise WeightImportError(
+        f'{target} does not have the published sha256 {sha256}: delete it '
+        'and download again.')
+  return target
+
+
+def _model_weights(model) -> dict[tuple[str, ...], np.ndarray]:
+  out = {}
+  for group, kind in (('params', nnx.Param), ('batch_stats', nnx.BatchStat)):
+    for key, value in checkpoints.flatten_state(nnx.state(model, kind)).items():
+      out[(group,) + key] = np.asarray(value)
+  return out
+
+
+def load_model_file(path: str, config: Any):
+  """A model built from config.model holding an official model's weights."""
+  from deeplab_jax.models import create_model  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.weights import tf_checkpoint, tflite  # pylint: disable=g-import-not-at-top
+  model = create_model(config.model, output_stride=config.eval.output_stride)
+  if str(path).endswith('.tflite'):
+    weights = tflite.read_tflite(path)
+    tflite.check_config(weights, config.model, config.eval.output_stride)
+    tflite.load_into(model, weights)
+  else:
+    tf_checkpoint.load_into(model, tf_checkpoint.read_checkpoint(path),
+                            str(path))
+  return model
+
+
+def _is_tf_checkpoint(path: str) -> bool:
+  return (path.endswith(('.tar.gz', '.tgz')) or os.path.exists(path + '.index')
+          or (os.path.isdir(path) and any(
+              f.endswith('.index') for f in os.listdir(path))
+              and not os.path.isdir(os.path.join(path, 'checkpoints'))))
 
 
 def read_init_weights(source: str, config: Any
@@ -20,4 +166,11 @@ def read_init_weights(source: str, config: Any
   if source == 'keras_imagenet':
     from deeplab_jax.weights import keras as keras_weights  # pylint: disable=g-import-not-at-top
     return keras_weights.imagenet_backbone_weights(config.model)
-  return checkpoints.read_weights(source)
+  if source in MODELS:
+    entry = MODELS[source]
+    path = fetch(entry.url, entry.sha256)
+  else:
+    path = fetch(source) if '://' in source else os.path.expanduser(source)
+  if path.endswith('.tflite') or _is_tf_checkpoint(path):
+    return _model_weights(load_model_file(path, config))
+  return checkpoints.read_weights(path)

@@ -1,0 +1,75 @@
+"""Keras MobileNetV2 (keras.applications, random weights saved to a local
+file) mapped into our backbone: features equal Keras's within 1e-4."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from deeplab_jax.checkpoints import copy_matching
+from deeplab_jax.config import default_config
+from deeplab_jax.errors import WeightImportError
+from deeplab_jax.models import create_model
+from deeplab_jax.weights import keras as keras_weights
+
+SIZE = 97  # Odd: TF 'SAME' pads (1, 1) at every stride-2 layer here.
+
+
+def _random_keras_model(alpha):
+  import keras  # pylint: disable=g-import-not-at-top
+  model = keras.applications.MobileNetV2(
+      input_shape=(SIZE, SIZE, 3), alpha=alpha, include_top=False,
+      weights=None)
+  rng = np.random.default_rng(int(alpha * 100))
+  for layer in model.layers:  # Non-trivial BatchNorm statistics.
+    if isinstance(layer, keras.layers.BatchNormalization):
+      c = layer.gamma.shape[0]
+      layer.set_weights([
+          rng.uniform(0.5, 1.5, c), rng.normal(0, 0.2, c),
+          rng.normal(0, 0.2, c), rng.uniform(0.5, 1.5, c)
+      ])
+  return model
+
+
+@pytest.mark.parametrize('alpha', [0.35, 0.5, 1.0, 1.4])
+def test_imagenet_mapping_reproduces_keras_features(alpha, tmp_path):
+  import keras  # pylint: disable=g-import-not-at-top
+  keras_model = _random_keras_model(alpha)
+  weights_file = tmp_path / f'mobilenet_v2_{alpha}.weights.h5'
+  keras_model.save_weights(weights_file)
+
+  config = default_config().model
+  config.backbone.depth_multiplier = alpha
+  config.backbone.channel_rounding = 'keras'
+  config.backbone.bn_epsilon = 1e-3  # Keras's.
+  weights = keras_weights.imagenet_backbone_weights(
+      config, weights=str(weights_file))
+  model = create_model(config, output_stride=32)
+  graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  params, stats, report = copy_matching(params, stats, weights,
+                                        scope='backbone')
+  assert report['loaded'] > 0 and not report['skipped']
+  backbone = nnx.view(nnx.merge(graphdef, params, stats).backbone,
+                      use_running_average=True)
+
+  probe = keras.Model(keras_model.input, [
+      keras_model.get_layer('block_16_project_BN').output,
+      keras_model.get_layer('block_2_depthwise_relu').output
+  ])
+  x = np.random.default_rng(1).uniform(-1, 1, (2, SIZE, SIZE, 3)).astype(
+      np.float32)
+  keras_features, keras_low = probe.predict(x, verbose=0)
+  ours = nnx.jit(lambda b, x: b(x))(backbone, jnp.asarray(x))
+  assert np.abs(keras_features).max() > 0.1  # Not a degenerate comparison.
+  np.testing.assert_allclose(ours['features'], keras_features, atol=1e-4)
+  np.testing.assert_allclose(ours['low_level'], keras_low, atol=1e-4)
+
+
+def test_keras_widths_need_keras_rounding():
+  config = default_config().model
+  config.backbone.depth_multiplier = 0.5
+  with pytest.raises(WeightImportError, match="channel_rounding='keras'"):
+    keras_weights.imagenet_backbone_weights(config, weights='imagenet')
+  config.backbone.depth_multiplier = 0.6
+  with pytest.raises(WeightImportError, match='alpha in'):
+    keras_weights.imagenet_backbone_weights(config, weights='imagenet')

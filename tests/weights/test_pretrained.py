@@ -1,0 +1,164 @@
+"""Pretrained sources: download cache, TF checkpoints, and the float
+model's mIoU through our eval pipeline against LiteRT's."""
+
+import dataclasses
+import importlib.util
+import pathlib
+import tarfile
+
+import numpy as np
+import pytest
+
+from deeplab_jax import evaluate, inference, metrics
+from deeplab_jax.data import pipeline, voc
+from deeplab_jax.errors import WeightImportError
+from deeplab_jax.weights import pretrained, tflite
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+FLOAT = 'deeplabv3_257_mv_gpu.tflite'
+
+
+def pretrained_config(name):
+  spec = importlib.util.spec_from_file_location(
+      'voc_pretrained', REPO / 'configs' / 'voc_pretrained.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(name)
+
+
+def test_fetch_copies_verifies_and_caches(shared_models_dir, tmp_path,
+                                          monkeypatch):
+  monkeypatch.setenv('DEEPLAB_JAX_CACHE', str(tmp_path / 'cache'))
+  entry = pretrained.MODELS['mnv2_dm05_pascal_float_257']
+  url = (shared_models_dir / FLOAT).as_uri()  # file://: the download path.
+  local = pretrained.fetch(url, entry.sha256)
+  assert pathlib.Path(local).parent == tmp_path / 'cache'
+  assert pathlib.Path(local).read_bytes() == (shared_models_dir /
+                                              FLOAT).read_bytes()
+  with pytest.raises(WeightImportError, match='does not have the published '
+                     'sha256'):
+    pretrained.fetch(url, '0' * 64)
+  with pytest.raises(WeightImportError, match='Could not download'):
+    pretrained.fetch('http://127.0.0.1:9/model.tflite')
+
+
+def test_a_registry_name_downloads_and_loads(shared_models_dir, tmp_path,
+                                            monkeypatch):
+  monkeypatch.setenv('DEEPLAB_JAX_CACHE', str(tmp_path / 'cache'))
+  name = 'mnv2_dm05_pascal_float_257'
+  local_entry = dataclasses.replace(
+      pretrained.MODELS[name], url=(shared_models_dir / FLOAT).as_uri())
+  monkeypatch.setitem(pretrained.MODELS, name, local_entry)
+  weights = pretrained.read_init_weights(name, pretrained_config(name))
+  kernel = weights[('params', 'backbone', 'stem', 'conv', 'kernel')]
+  assert kernel.shape == (3, 3, 3, 16)
+  np.testing.assert_array_equal(
+      weights[('batch_stats', 'backbone', 'stem', 'bn', 'mean')], 0.0)
+
+
+def _unfolded_checkpoint(float_weights, prefix, model_config):
+  """A zoo-style TF checkpoint (unfolded BatchNorm with random moving
+  statistics) computing what the folded float export computes."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  names, tensors = [], []
+  for scope, (kernel, bias) in float_weights.layers.items():
+    if scope == 'logits/semantic':
+      names += [f'{scope}/weights', f'{scope}/biases']
+      tensors += [kernel, bias]
+      continue
+    eps = (model_config.backbone.bn_epsilon if scope.startswith('MobilenetV2')
+           else model_config.bn_epsilon)
+    channels = kernel.shape[-1]
+    gamma = rng.uniform(0.5, 2.0, channels).astype(np.float32)
+    var = rng.uniform(0.5, 2.0, channels).astype(np.float32)
+    mean = rng.normal(0, 0.5, channels).astype(np.float32)
+    factor = np.sqrt(var + eps) / gamma  # W_folded = W * gamma / sqrt(var)
+    if scope.endswith('/depthwise'):  # TF layout [kh, kw, C, 1].
+      names.append(f'{scope}/depthwise_weights')
+      tensors.append(np.transpose(kernel * factor, (0, 1, 3, 2)))
+    else:
+      names.append(f'{scope}/weights')
+      tensors.append(kernel * factor)
+    beta = bias + gamma * mean / np.sqrt(var + eps)
+    for suffix, value in (('gamma', gamma), ('beta', beta),
+                          ('moving_mean', mean), ('moving_variance', var)):
+      names.append(f'{scope}/BatchNorm/{suffix}')
+      tensors.append(value)
+  names.append('global_step')
+  tensors.append(np.int64(30000))
+  tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=names,
+                    shape_and_slices=[''] * len(names),
+                    tensors=[tf.constant(t) for t in tensors])
+
+
+def test_zoo_checkpoint_with_unfolded_batch_norm_matches_litert(
+    shared_models_dir, tmp_path, monkeypatch):
+  monkeypatch.setenv('DEEPLAB_JAX_CACHE', str(tmp_path / 'cache'))
+  config = pretrained_config('mnv2_dm05_pascal_float_257')
+  float_weights = tflite.read_tflite(shared_models_dir / FLOAT)
+  folder = tmp_path / 'deeplabv3_mnv2_dm05_pascal'
+  folder.mkdir()
+  _unfolded_checkpoint(float_weights, folder / 'model.ckpt-30000',
+                       config.model)
+  archive = tmp_path / 'deeplabv3_mnv2_dm05_pascal.tar.gz'
+  with tarfile.open(archive, 'w:gz') as tar:
+    tar.add(folder, arcname=folder.name)
+  # As a user would: init_from the archive's URL.
+  weights = pretrained.read_init_weights(archive.as_uri(), config)
+  assert np.any(weights[('batch_stats', 'backbone', 'stem', 'bn', 'mean')])
+  from deeplab_jax.models import create_model, inference_view  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.checkpoints import copy_matching  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  model = create_model(config.model, output_stride=8)
+  graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  params, stats, report = copy_matching(params, stats, weights)
+  assert not report['skipped'] and not report['missing']
+  model = inference_view(nnx.merge(graphdef, params, stats))
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  testdata = shared_models_dir / 'testdata'
+  pixels = np.asarray(Image.open(testdata / 'bird_257.png').convert('RGB'),
+                      np.float32)
+  logits = np.asarray(model(pixels[None] / 127.5 - 1, upsample=False))[0]
+  reference = np.load(testdata / 'bird_257_ref_logits33.npy')
+  np.testing.assert_allclose(logits, reference, atol=1e-3)
+
+
+def test_float_model_miou_in_our_pipeline_equals_litert(
+    voc_prepared, shared_models_dir, capsys):
+  """All 32 VOC sample images, resized to fit 257 and padded (the export's
+  fixed input), predictions upsampled to the original size for scoring."""
+  data_config, _ = voc_prepared
+  config = pretrained_config('mnv2_dm05_pascal_float_257')
+  config.data.data_dir = data_config.data.data_dir
+  config.data.eval_split = 'train+validation'
+  config.data.num_workers = 0
+  config.eval.num_result_images = 0
+  path = str(shared_models_dir / FLOAT)
+  model = pretrained.load_model_file(path, config)
+  ours = evaluate.evaluate(config, model, workdir=None)
+  assert ours['images'] == 32
+
+  interpreter = tflite.interpreter(path)
+  inp = interpreter.get_input_details()[0]
+  out = interpreter.get_output_details()[0]
+  confusion = np.zeros((21, 21), np.int64)
+  for example in pipeline.eval_loader(config):
+    interpreter.set_tensor(inp['index'], example['image'][None])
+    interpreter.invoke()
+    logits = interpreter.get_tensor(out['index'])[0].astype(np.float64)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    prediction = inference.to_original_size(probs, example['valid'],
+                                            example['label'].shape)
+    confusion += metrics.confusion_matrix_numpy(prediction, example['label'],
+                                                21)
+  litert = metrics.summarize(confusion, voc.CLASS_NAMES)
+  with capsys.disabled():
+    print(f'\n  float dm0.5 on the 32 VOC sample images: mIoU ours '
+          f'{100 * ours["miou"]:.2f}, LiteRT {100 * litert["miou"]:.2f}; '
+          f'pixel accuracy ours {100 * ours["pixel_accuracy"]:.2f}, LiteRT '
+          f'{100 * litert["pixel_accuracy"]:.2f}')
+  assert ours['pixels'] == litert['pixels']
+  assert abs(ours['miou'] - litert['miou']) * 100 <= 0.1
+  assert ours['miou'] > 0.3  # A working model, not two equal failures.
