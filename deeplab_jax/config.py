@@ -388,6 +388,24 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _positive_int('config.eval.max_images', e.max_images)
 
 
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file, with an optional ':argument'
+  (`configs/voc_pretrained.py:mnv2_pascal_quant_513`), as --config reads it;
+  for notebooks and scripts."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  file, _, argument = str(path).partition('.py:')
+  file = file if file.endswith('.py') else file + '.py'
+  if not os.path.exists(file):
+    raise ConfigError(f'Config file {file} does not exist.')
+  spec = importlib.util.spec_from_file_location('config_file', file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(argument) if argument else module.get_config()
+  validate_config(config)
+  return config
+
+
 def diagnose_override(argv: Sequence[str]) -> str | None:
   """Why a `--config.<key>=<value>` flag failed to apply, if it can tell.
 

@@ -201,10 +201,8 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, *,
     if step is not None:
       (out_dir / f'metrics_{step}.json').write_text(
           json.dumps(summary, indent=2))
-    figure = visualize.confusion_figure(confusion, class_names)
-    figure.savefig(str(out_dir / 'confusion_matrix.png'), dpi=100)
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-    plt.close(figure)
+    visualize.confusion_figure(confusion, class_names).savefig(
+        str(out_dir / 'confusion_matrix.png'), dpi=100)
   if writer is not None and step is not None:
     scalars = {'eval/miou': summary['miou'],
                'eval/pixel_accuracy': summary['pixel_accuracy']}

@@ -54,18 +54,30 @@ def save_mask_png(mask: np.ndarray, path) -> None:
   image.save(str(path))
 
 
+def legend_patches(class_ids, class_names: Sequence[str]):
+  """matplotlib legend handles: one palette-coloured patch per class id."""
+  from matplotlib.patches import Patch  # pylint: disable=g-import-not-at-top
+  return [Patch(color=PALETTE[int(i)] / 255.0,
+                label=class_names[int(i)] if int(i) < len(class_names)
+                else 'ignore')
+          for i in class_ids]
+
+
 def confusion_figure(confusion: np.ndarray, class_names: Sequence[str]):
-  """A matplotlib figure of the row-normalised confusion matrix."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg', force=False)
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  """A matplotlib Figure of the row-normalised confusion matrix.
+
+  Built without pyplot, so it needs no display backend and leaves the
+  notebook's backend alone (`display(fig)` shows it, `fig.savefig` saves).
+  """
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   confusion = np.asarray(confusion, np.float64)
   rows = confusion.sum(axis=1, keepdims=True)
   normalised = np.divide(confusion, rows, out=np.zeros_like(confusion),
                          where=rows > 0)
   n = len(class_names)
   size = max(4.0, 0.38 * n + 2)
-  fig, ax = plt.subplots(figsize=(size, size))
+  fig = Figure(figsize=(size, size))
+  ax = fig.subplots()
   ax.imshow(normalised, cmap='Blues', vmin=0, vmax=1)
   ax.set_xticks(range(n), class_names, rotation=90)
   ax.set_yticks(range(n), class_names)

@@ -89,6 +89,33 @@ MODELS = {
 }
 
 
+def config_for(name: str):
+  """The full config of a published model (architecture, eval protocol,
+  init_from), as `configs/voc_pretrained.py:NAME` gives it."""
+  from deeplab_jax.config import default_config  # pylint: disable=g-import-not-at-top
+  if name not in MODELS:
+    raise WeightImportError(f'Unknown pretrained model {name!r}: use one of '
+                            f'{", ".join(MODELS)}.')
+  entry = MODELS[name]
+  config = default_config()
+  config.data.dataset = 'voc2012'
+  m = config.model
+  m.backbone.depth_multiplier = entry.depth_multiplier
+  m.backbone.channel_rounding = 'deeplab'
+  m.head.atrous_rates = ()  # The published MobileNetV2 head.
+  m.decoder.type = 'upsample'
+  config.train.init_from = name
+  config.train.init_from_scope = 'model'
+  e = config.eval
+  e.output_stride = entry.output_stride
+  e.crop_size = entry.input_size
+  # TFLite exports have a fixed input: images are resized to fit it.
+  e.resize_to_crop = entry.format == 'tflite'
+  e.scales = (1.0,)
+  e.flip = False
+  return config
+
+
 def cache_dir() -> str:
   return os.environ.get('DEEPLAB_JAX_CACHE',
                         os.path.expanduser('~/.cache/deeplab_jax'))

@@ -1,0 +1,39 @@
+"""The Colab notebook runs top to bottom (smoke setting) and draws."""
+
+import os
+import pathlib
+import time
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / 'notebooks' / 'deeplab_jax.ipynb'
+
+
+def test_notebook_is_committed_without_outputs():
+  notebook = nbformat.read(NOTEBOOK, as_version=4)
+  for cell in notebook.cells:
+    if cell.cell_type == 'code':
+      assert cell.outputs == [] and cell.execution_count is None
+
+
+def test_notebook_executes_and_every_picture_cell_draws(
+    demo_data_dir, shared_models_dir, monkeypatch, capsys):
+  del shared_models_dir  # Required: the notebook reads ../shared offline.
+  monkeypatch.setenv('DEEPLAB_JAX_NOTEBOOK_SMOKE', '1')
+  monkeypatch.setenv('TFDS_DATA_DIR', str(demo_data_dir))
+  notebook = nbformat.read(NOTEBOOK, as_version=4)
+  client = NotebookClient(notebook, timeout=600, kernel_name='python3',
+                          resources={'metadata': {'path': str(NOTEBOOK.parent)}})
+  start = time.perf_counter()
+  client.execute()  # Raises CellExecutionError if any cell raises.
+  with capsys.disabled():
+    print(f'\n  notebook executed in {time.perf_counter() - start:.0f} s')
+  pictures = [c for c in notebook.cells if 'picture' in c.metadata.get(
+      'tags', [])]
+  assert len(pictures) >= 6
+  for cell in pictures:
+    outputs = [o for o in cell.outputs if 'data' in o]
+    assert any('image/png' in o['data'] for o in outputs), cell.source[:80]
