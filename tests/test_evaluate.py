@@ -105,7 +105,7 @@ def test_predict_skips_non_images_and_writes_masks(voc_run, voc_sample_dir,
 
 def test_batches_group_equal_shapes_only():
   shapes = [(4, 4), (4, 4), (6, 4), (4, 4), (4, 4), (4, 4)]
-  examples = [{'label': np.zeros(s)} for s in shapes]
+  examples = [{'image': np.zeros(s + (3,))} for s in shapes]
   groups = list(evaluate.batches_by_shape(iter(examples), batch_size=2))
   assert [len(g) for g in groups] == [2, 1, 2, 1]
-  assert all(len({e['label'].shape for e in g}) == 1 for g in groups)
+  assert all(len({e['image'].shape for e in g}) == 1 for g in groups)
