@@ -1,11 +1,9 @@
 """The Colab notebook runs top to bottom (smoke setting) and draws."""
 
-import os
 import pathlib
 import time
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -40,7 +40,33 @@ def _image_pooling(x: Array, conv: ConvBN) -> Array:
   return resize_bilinear(pooled, x.shape[1:3])
 
 
-class ASPP(nnx.Module):
+class _ConcatProjection(nnx.Module):
+  """The tail ASPP and the DPC share: concat the branches -> [dropout] ->
+  `concat_projection` (1x1, BN, ReLU) -> [dropout]."""
+
+  def _build_tail(self, num_branches: int, channels: int,
+                  projection_channels: int, dropout_rate: float,
+                  dropout_on_concat: bool, dropout_on_projection: bool,
+                  options: LayerOptions, rngs: nnx.Rngs) -> None:
+    self.concat_projection = ConvBN(num_branches * channels,
+                                    projection_channels, 1, options=options,
+                                    rngs=rngs)
+    self.dropout = nnx.Dropout(dropout_rate)
+    self.dropout_on_concat = dropout_on_concat
+    self.dropout_on_projection = dropout_on_projection
+    self.out_channels = projection_channels
+
+  def _merge(self, branches: list[Array], rngs: nnx.Rngs | None) -> Array:
+    x = jnp.concatenate(branches, axis=-1)
+    if self.dropout_on_concat:
+      x = self.dropout(x, rngs=rngs)
+    x = self.concat_projection(x)
+    if self.dropout_on_projection:
+      x = self.dropout(x, rngs=rngs)
+    return x
+
+
+class ASPP(_ConcatProjection):
   """Atrous spatial pyramid pooling with separable atrous branches.
 
   Branch order in the concat follows the reference: [image_pooling, aspp0,
@@ -63,14 +89,9 @@ class ASPP(nnx.Module):
                         depth_multiplier=separable_depth_multiplier,
                         options=options, rngs=rngs) for rate in atrous_rates
     ])
-    num_branches = 1 + len(atrous_rates) + int(image_pooling)
-    self.concat_projection = ConvBN(num_branches * channels,
-                                    projection_channels, 1, options=options,
-                                    rngs=rngs)
-    self.dropout = nnx.Dropout(dropout_rate)
-    self.dropout_on_concat = dropout_on_concat
-    self.dropout_on_projection = dropout_on_projection
-    self.out_channels = projection_channels
+    self._build_tail(1 + len(atrous_rates) + int(image_pooling), channels,
+                     projection_channels, dropout_rate, dropout_on_concat,
+                     dropout_on_projection, options, rngs)
 
   def __call__(self, features: Array, *, rngs: nnx.Rngs | None = None
                ) -> Array:
@@ -80,13 +101,7 @@ class ASPP(nnx.Module):
       branches.append(_image_pooling(features, self.image_pooling))
     branches.append(self.aspp0(features))
     branches.extend(branch(features) for branch in self.atrous)
-    x = jnp.concatenate(branches, axis=-1)
-    if self.dropout_on_concat:
-      x = self.dropout(x, rngs=rngs)
-    x = self.concat_projection(x)
-    if self.dropout_on_projection:
-      x = self.dropout(x, rngs=rngs)
-    return x
+    return self._merge(branches, rngs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +132,7 @@ def _pyramid_pool(x: Array, grid: tuple[int, int]) -> Array:
   return summed / (window[0] * window[1])
 
 
-class DensePredictionCell(nnx.Module):
+class DensePredictionCell(_ConcatProjection):
   """A Dense Prediction Cell (Chen et al. 2018) from a list of branch specs.
 
   Branch outputs are concatenated in order, dropout (on the concat by
@@ -144,13 +159,9 @@ class DensePredictionCell(nnx.Module):
       else:  # 1x1 conv, or the 1x1 conv after pyramid pooling.
         layers.append(ConvBN(c_in, channels, 1, options=options, rngs=rngs))
     self.branches = nnx.List(layers)
-    self.concat_projection = ConvBN(
-        len(self.specs) * channels, projection_channels, 1, options=options,
-        rngs=rngs)
-    self.dropout = nnx.Dropout(dropout_rate)
-    self.dropout_on_concat = dropout_on_concat
-    self.dropout_on_projection = dropout_on_projection
-    self.out_channels = projection_channels
+    self._build_tail(len(self.specs), channels, projection_channels,
+                     dropout_rate, dropout_on_concat, dropout_on_projection,
+                     options, rngs)
 
   def __call__(self, features: Array, *, rngs: nnx.Rngs | None = None
                ) -> Array:
@@ -164,10 +175,4 @@ class DensePredictionCell(nnx.Module):
       else:
         y = layer(x)
       outputs.append(y)
-    x = jnp.concatenate(outputs, axis=-1)
-    if self.dropout_on_concat:
-      x = self.dropout(x, rngs=rngs)
-    x = self.concat_projection(x)
-    if self.dropout_on_projection:
-      x = self.dropout(x, rngs=rngs)
-    return x
+    return self._merge(outputs, rngs)

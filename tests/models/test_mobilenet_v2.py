@@ -5,12 +5,12 @@ tested through the weight mapping in tests/weights/test_keras.py.
 """
 
 
-import numpy as np
 from flax import nnx
 
 from deeplab_jax.models.mobilenet_v2 import (MobileNetV2, atrous_schedule,
                                              mobilenet_v2_layout)
 from deeplab_jax.models.summary import parameter_counts
+from tests.conftest import random_keras_mobilenet_v2
 
 
 def _stage_widths(blocks):
@@ -64,28 +64,12 @@ def test_residuals_only_where_shape_is_kept():
   assert residual == [2, 4, 5, 7, 8, 9, 11, 12, 14, 15]
 
 
-def _keras_model(alpha, size):
-  import keras  # pylint: disable=g-import-not-at-top
-  model = keras.applications.MobileNetV2(
-      input_shape=(size, size, 3), alpha=alpha, include_top=False,
-      weights=None)
-  rng = np.random.default_rng(int(alpha * 100))
-  for layer in model.layers:  # Non-trivial BatchNorm statistics.
-    if isinstance(layer, keras.layers.BatchNormalization):
-      c = layer.gamma.shape[0]
-      layer.set_weights([
-          rng.uniform(0.5, 1.5, c), rng.normal(0, 0.2, c),
-          rng.normal(0, 0.2, c), rng.uniform(0.5, 1.5, c)
-      ])
-  return model
-
-
 def test_backbone_parameter_count_equals_keras_up_to_block_16():
   backbone = MobileNetV2(depth_multiplier=1.0, output_stride=16,
                          rngs=nnx.Rngs(0))
   counts = parameter_counts(backbone, depth=0)['']
   assert counts['params'] + counts['batch_stats'] == 1_843_264
-  keras_model = _keras_model(1.0, 64)
+  keras_model = random_keras_mobilenet_v2(1.0, 64)
   assert keras_model.count_params() == 2_257_984
   # DeepLab stops at block_16_project: drop Keras's Conv_1 (320 -> 1280) and
   # its BatchNorm.

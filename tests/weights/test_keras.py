@@ -11,30 +11,15 @@ from deeplab_jax.config import default_config
 from deeplab_jax.errors import WeightImportError
 from deeplab_jax.models import create_model
 from deeplab_jax.weights import keras as keras_weights
+from tests.conftest import random_keras_mobilenet_v2
 
 SIZE = 97  # Odd: TF 'SAME' pads (1, 1) at every stride-2 layer here.
-
-
-def _random_keras_model(alpha):
-  import keras  # pylint: disable=g-import-not-at-top
-  model = keras.applications.MobileNetV2(
-      input_shape=(SIZE, SIZE, 3), alpha=alpha, include_top=False,
-      weights=None)
-  rng = np.random.default_rng(int(alpha * 100))
-  for layer in model.layers:  # Non-trivial BatchNorm statistics.
-    if isinstance(layer, keras.layers.BatchNormalization):
-      c = layer.gamma.shape[0]
-      layer.set_weights([
-          rng.uniform(0.5, 1.5, c), rng.normal(0, 0.2, c),
-          rng.normal(0, 0.2, c), rng.uniform(0.5, 1.5, c)
-      ])
-  return model
 
 
 @pytest.mark.parametrize('alpha', [0.35, 0.5, 1.0, 1.4])
 def test_imagenet_mapping_reproduces_keras_features(alpha, tmp_path):
   import keras  # pylint: disable=g-import-not-at-top
-  keras_model = _random_keras_model(alpha)
+  keras_model = random_keras_mobilenet_v2(alpha, SIZE)
   weights_file = tmp_path / f'mobilenet_v2_{alpha}.weights.h5'
   keras_model.save_weights(weights_file)
 
