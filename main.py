@@ -15,6 +15,11 @@ import sys
 # TensorFlow (imported by clu's TensorBoard writer) logs its CPU features.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+# grain's worker processes leave their last prefetched batches in shared
+# memory when training ends; multiprocessing's resource tracker frees them
+# and warns about each. The warning is noise: nothing leaks past exit.
+os.environ.setdefault(
+    'PYTHONWARNINGS', 'ignore::UserWarning:multiprocessing.resource_tracker')
 
 from absl import app, flags, logging
 from ml_collections import config_flags

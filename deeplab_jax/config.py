@@ -114,7 +114,6 @@ def default_config() -> ml_collections.ConfigDict:
   d.ignore_label = 255
   d.num_workers = 2  # grain worker processes per host; 0 = in-process.
   d.prefetch_batches = 4  # Per worker.
-  d.shuffle_buffer_epochs = 1
 
   # ---------------------------------------------------------------- train
   c.train = ml_collections.ConfigDict()

@@ -267,8 +267,10 @@ def follow(config: ml_collections.ConfigDict, workdir: str, *,
   checkpointer = checkpoints.Checkpointer(workdir, read_only=True)
   writer = metric_writers.create_default_writer(
       str(epath.Path(workdir) / 'eval'), just_logging=jax.process_index() > 0)
+  from deeplab_jax import train  # pylint: disable=g-import-not-at-top
   done, summary, waited = set(), None, 0.0
-  final = config.train.num_steps
+  final = train.num_train_steps(config, len(pipeline.data_source(
+      config.data, config.data.train_split)))
   while True:
     latest = checkpointer.latest_step()
     if latest is not None and latest not in done:
