@@ -65,6 +65,9 @@ def run(config: Any, *, mode: str, workdir: str | None = None,
     sizes = {k: v.num_examples for k, v in builder.info.splits.items()}
     print(f'{config.data.dataset} is ready in {builder.data_dir}: {sizes}')
     return sizes
+  if mode in ('train', 'eval'):
+    from deeplab_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+    pipeline.check_num_classes(config)
   if mode == 'train':
     from deeplab_jax import train  # pylint: disable=g-import-not-at-top
     workdir = _require_workdir(mode, workdir)

@@ -156,3 +156,14 @@ def test_main_summary_prints_parameter_counts():
   assert '1,843,264' in result.stdout  # The MobileNetV2 1.0 backbone.
   for module in ('backbone', 'head', 'decoder', 'logits'):
     assert module in result.stdout
+
+
+def test_num_classes_must_fit_the_dataset():
+  from deeplab_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  config = default_config()
+  config.data.dataset = 'demo'
+  with pytest.raises(ConfigError, match=r'num_classes = 21, but demo has 4 '
+                     r'classes \(background, disk, square, triangle\)'):
+    pipeline.check_num_classes(config)
+  config.model.num_classes = 4
+  pipeline.check_num_classes(config)

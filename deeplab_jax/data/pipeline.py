@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 
 from deeplab_jax.data import augment, demo_builder, voc
 from deeplab_jax.data import voc_builder
-from deeplab_jax.errors import DatasetError
+from deeplab_jax.errors import ConfigError, DatasetError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +55,17 @@ def dataset_spec(name: str) -> DatasetSpec:
     raise DatasetError(f'Unknown dataset {name!r}: use one of '
                        f'{", ".join(DATASETS)} (config.data.dataset).')
   return DATASETS[name]
+
+
+def check_num_classes(config: Any) -> None:
+  """ConfigError unless config.model.num_classes fits config.data.dataset."""
+  spec = dataset_spec(config.data.dataset)
+  if config.model.num_classes != spec.num_classes:
+    raise ConfigError(
+        f'config.model.num_classes = {config.model.num_classes}, but '
+        f'{config.data.dataset} has {spec.num_classes} classes '
+        f'({", ".join(spec.class_names)}): set '
+        f'--config.model.num_classes={spec.num_classes}.')
 
 
 def _dataset_error_in_chain(error: BaseException) -> DatasetError | None:
