@@ -124,6 +124,17 @@ def flatten_state(state: Any) -> dict[tuple[str, ...], Any]:
   return flat
 
 
+def module_weights(module: nnx.Module, prefix: tuple[str, ...] = ()
+                   ) -> dict[tuple[str, ...], np.ndarray]:
+  """{('params' | 'batch_stats',) + prefix + module path: array}, the form
+  `copy_matching` takes."""
+  out = {}
+  for group, kind in (('params', nnx.Param), ('batch_stats', nnx.BatchStat)):
+    for key, value in flatten_state(nnx.state(module, kind)).items():
+      out[(group,) + prefix + key] = np.asarray(value)
+  return out
+
+
 def read_weights(path: str | os.PathLike) -> dict[tuple[str, ...], np.ndarray]:
   """Parameters and BatchNorm statistics of the newest checkpoint under
   `path` (a workdir, its checkpoints/ folder, or one step's folder), keyed

@@ -44,13 +44,7 @@ def make_segmenter(model: nnx.Module, config: ml_collections.ConfigDict):
 
   def segment(photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     height, width = photo.shape[:2]
-    factor = min(1.0, size / max(height, width))
-    small_h = max(1, round(height * factor))
-    small_w = max(1, round(width * factor))
-    small = np.asarray(Image.fromarray(photo).resize((small_w, small_h),
-                                                     Image.BILINEAR))
-    padded = np.zeros((size, size, 3), np.float32)
-    padded[:small_h, :small_w] = augment.normalize(small)
+    padded, (small_h, small_w) = augment.fit_and_pad(photo, size)
     classes, confidence = jax.device_get(run(state, padded))
     classes = classes[:small_h, :small_w]
     confidence = confidence[:small_h, :small_w]

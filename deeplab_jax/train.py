@@ -28,7 +28,7 @@ from jax.experimental import multihost_utils
 from deeplab_jax import checkpoints, distributed, losses
 from deeplab_jax.data import pipeline
 from deeplab_jax.errors import NonFiniteLossError
-from deeplab_jax.models import create_model
+from deeplab_jax.models import create_model, with_output_stride
 
 
 @flax.struct.dataclass
@@ -254,12 +254,11 @@ class Trainer:
   def model(self, output_stride: int | None = None) -> nnx.Module:
     """The current model (BatchNorm in training mode), optionally rebuilt
     for another output stride."""
-    graphdef = self.graphdef
+    model = nnx.merge(self.graphdef, self.state.params,
+                      self.state.batch_stats)
     if output_stride and output_stride != self.config.model.output_stride:
-      abstract = nnx.eval_shape(lambda: create_model(
-          self.config.model, output_stride=output_stride))
-      graphdef = nnx.graphdef(abstract)
-    return nnx.merge(graphdef, self.state.params, self.state.batch_stats)
+      model = with_output_stride(model, self.config.model, output_stride)
+    return model
 
 
 class _StopFlag:

@@ -100,7 +100,7 @@ def imagenet_backbone_weights(model_config: Any, weights: str = 'imagenet'
     weights: 'imagenet' (Keras downloads them) or a local Keras weights file.
   """
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from deeplab_jax.checkpoints import flatten_state  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.checkpoints import module_weights  # pylint: disable=g-import-not-at-top
   from deeplab_jax.models.layers import LayerOptions  # pylint: disable=g-import-not-at-top
   alpha = float(model_config.backbone.depth_multiplier)
   if weights == 'imagenet' and alpha not in KERAS_IMAGENET_ALPHAS:
@@ -117,8 +117,4 @@ def imagenet_backbone_weights(model_config: Any, weights: str = 'imagenet'
                          output_stride=32, options=LayerOptions(),
                          rngs=nnx.Rngs(0))
   load_keras_mobilenet_v2(backbone, keras_model)
-  out = {}
-  for group, kind in (('params', nnx.Param), ('batch_stats', nnx.BatchStat)):
-    for key, value in flatten_state(nnx.state(backbone, kind)).items():
-      out[(group, 'backbone') + key] = np.asarray(value)
-  return out
+  return module_weights(backbone, prefix=('backbone',))

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 from absl import logging
-from flax import nnx
 
 from deeplab_jax import checkpoints
 from deeplab_jax.errors import WeightImportError
@@ -157,14 +156,6 @@ def fetch(url: str, sha256: str | None = None) -> str:
   return target
 
 
-def _model_weights(model) -> dict[tuple[str, ...], np.ndarray]:
-  out = {}
-  for group, kind in (('params', nnx.Param), ('batch_stats', nnx.BatchStat)):
-    for key, value in checkpoints.flatten_state(nnx.state(model, kind)).items():
-      out[(group,) + key] = np.asarray(value)
-  return out
-
-
 def load_model_file(path: str, config: Any):
   """A model built from config.model holding an official model's weights."""
   from deeplab_jax.models import create_model  # pylint: disable=g-import-not-at-top
@@ -199,5 +190,5 @@ def read_init_weights(source: str, config: Any
   else:
     path = fetch(source) if '://' in source else os.path.expanduser(source)
   if path.endswith('.tflite') or _is_tf_checkpoint(path):
-    return _model_weights(load_model_file(path, config))
+    return checkpoints.module_weights(load_model_file(path, config))
   return checkpoints.read_weights(path)
