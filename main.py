@@ -79,7 +79,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   except Exception as e:  # pylint: disable=broad-except
     # ml_collections raises plain AttributeError/KeyError/TypeError for an
     # unknown or mistyped --config.<key>; name the key and the known ones.
-    from deeplab_jax.config import diagnose_override  # pylint: disable=g-import-not-at-top
+    from deeplab_jax.cli import diagnose_override  # pylint: disable=g-import-not-at-top
     _fail(diagnose_override(argv) or f'{type(e).__name__}: {e}')
 
 

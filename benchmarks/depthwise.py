@@ -14,7 +14,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from deeplab_jax.models.layers import _shifted_forward, depthwise_conv
+from deeplab_jax.models.layers import shifted_sum_autodiff, depthwise_conv
 
 # (name, spatial size, channels, stride, rate) at a 513 input, OS 16.
 LAYERS = (
@@ -52,7 +52,7 @@ def main():
     for impl in ('native', 'autodiff', 'shifted'):
       def forward(x, w, impl=impl):
         if impl == 'autodiff':
-          return _shifted_forward(x, w, (stride, stride), (rate, rate))
+          return shifted_sum_autodiff(x, w, (stride, stride), (rate, rate))
         return depthwise_conv(x, w, stride, rate, impl)
       def loss(x, w, forward=forward):
         return jnp.sum(forward(x, w) ** 2)

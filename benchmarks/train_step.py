@@ -9,20 +9,13 @@ compile time and steps/s (and images/s) after warm-up.
 """
 
 import argparse
-import importlib.util
 import time
 
 import jax
 import numpy as np
 
 from deeplab_jax import train
-
-
-def load_config(path: str):
-  spec = importlib.util.spec_from_file_location('config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from deeplab_jax.config import load_config_file
 
 
 def main():
@@ -36,7 +29,7 @@ def main():
   parser.add_argument('--depthwise_impl', default=None,
                       choices=[None, 'auto', 'shifted', 'native'])
   args = parser.parse_args()
-  config = load_config(args.config)
+  config = load_config_file(args.config)
   config.train.batch_size = args.batch_size
   crop = args.crop_size or config.data.crop_size
   if args.dtype:

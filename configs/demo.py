@@ -5,6 +5,13 @@ eval/metrics.json, eval/confusion_matrix.png and eval/images/ in the workdir:
 
     python main.py --config=configs/demo.py --workdir=runs/demo
     python main.py --config=configs/demo.py --workdir=runs/demo --mode=predict --images=DIR
+
+Measured here (2 CPU cores, no GPU, the README's command, dataset already
+generated): 1,000 steps in 4.1 min end to end (5.3 steps/s), eval mIoU
+0.8680, pixel accuracy 0.9697 on the 128 validation scenes (the commit
+before this one gives the same numbers: training is deterministic).
+Evaluating again with one Evaluator: 4.0 s the first time (2.1 s of it
+compiling), 1.0 s the second (no compilation).
 """
 
 from deeplab_jax.config import default_config

@@ -21,6 +21,7 @@ from etils import epath
 from flax import nnx
 
 from deeplab_jax.errors import CheckpointError
+from deeplab_jax.models import create_model
 
 
 class _IteratorState:
@@ -95,15 +96,64 @@ class Checkpointer:
       ) from e
     return restored['state']
 
+  def restore_weights(self, step: int, abstract_weights: dict[str, Any]
+                      ) -> dict[str, Any]:
+    """Only the items of `abstract_weights` (e.g. 'params' and
+    'batch_stats') of the train state at `step`: an orbax partial restore
+    that reads neither the optimizer state nor the data iterator."""
+    path = self.path(step) / 'state'
+    try:
+      return ocp.PyTreeCheckpointer().restore(
+          path, args=ocp.args.PyTreeRestore(
+              item=abstract_weights,
+              restore_args=ocp.checkpoint_utils.construct_restore_args(
+                  abstract_weights),
+              partial_restore=True))
+    except (ValueError, KeyError, TypeError) as e:
+      raise CheckpointError(
+          f'The checkpoint {self.path(step)} does not fit this config ({e}). '
+          'Use the config it was trained with (its workdir holds '
+          'config.json).') from e
+
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
 
 
+def restore_model(config: Any, workdir: str | os.PathLike, *,
+                  step: int | None = None,
+                  output_stride: int | None = None
+                  ) -> tuple[nnx.Module, int]:
+  """The model `config.model` describes, built for `output_stride` (default
+  `config.eval.output_stride`), holding the parameters and BatchNorm
+  statistics of checkpoint `step` (default: the newest) of `workdir`.
+
+  The one model loader of eval, predict and `--follow`: it builds no
+  optimizer and restores nothing else.
+
+  Returns:
+    (model in training mode, the step it was restored from).
+  """
+  checkpointer = Checkpointer(workdir, read_only=True)
+  step = checkpointer.latest_step() if step is None else step
+  if step is None:
+    raise CheckpointError(
+        f'No checkpoint in {checkpointer.directory}: train first with '
+        f'--workdir={workdir}, or point --workdir at a training run.')
+  stride = output_stride or config.eval.output_stride
+  abstract = nnx.eval_shape(lambda: create_model(config.model,
+                                                 output_stride=stride))
+  graphdef, params, batch_stats = nnx.split(abstract, nnx.Param,
+                                            nnx.BatchStat)
+  restored = checkpointer.restore_weights(
+      step, {'params': params, 'batch_stats': batch_stats})
+  return nnx.merge(graphdef, restored['params'], restored['batch_stats']), step
+
+
 # ------------------------------------------------------------ init_from
 
 
-def _key_path(path) -> tuple[str, ...]:
+def key_path(path) -> tuple[str, ...]:
   """('backbone', 'blocks', '0', ...) from a jax key path of an nnx.State."""
   keys = []
   for entry in path:
@@ -120,7 +170,7 @@ def flatten_state(state: Any) -> dict[tuple[str, ...], Any]:
   """{key path: array} of an nnx.State or nested dict."""
   flat = {}
   jax.tree_util.tree_map_with_path(
-      lambda p, x: flat.__setitem__(_key_path(p), x), state)
+      lambda p, x: flat.__setitem__(key_path(p), x), state)
   return flat
 
 
@@ -156,6 +206,9 @@ def read_weights(path: str | os.PathLike) -> dict[tuple[str, ...], np.ndarray]:
   flat = {}
   for group in ('params', 'batch_stats'):
     for key, value in flatten_state(raw.get(group, {})).items():
+      # Restored without a target, an nnx Variable is a {'value': array}.
+      if key and key[-1] == 'value':
+        key = key[:-1]
       flat[(group,) + key] = np.asarray(value)
   logging.info('init_from: read %d arrays from %s', len(flat), step_dir)
   return flat
@@ -178,7 +231,7 @@ def copy_matching(params: nnx.State, batch_stats: nnx.State,
 
   def pick(group):
     def fn(path, value):
-      key = _key_path(path)
+      key = key_path(path)
       if scope == 'backbone' and key[:1] != ('backbone',):
         return value
       source = weights.get((group,) + key)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
+import ml_collections
 from absl import logging
+from flax import nnx
 
-from deeplab_jax.config import validate_config
+from deeplab_jax import checkpoints, evaluate, predict, train
+from deeplab_jax.config import default_config, validate_config
+from deeplab_jax.data import datasets, pipeline
 from deeplab_jax.errors import CheckpointError, ConfigError
+from deeplab_jax.models import create_model, format_summary
+from deeplab_jax.weights import pretrained
 
 
 def _require_workdir(mode: str, workdir: str | None) -> str:
@@ -19,32 +27,59 @@ def _require_workdir(mode: str, workdir: str | None) -> str:
   return os.path.abspath(os.path.expanduser(workdir))
 
 
-def inference_model(config: Any, workdir: str | None):
+def inference_model(config: Any, workdir: str | None
+                    ) -> tuple[nnx.Module, int | None]:
   """The model for eval/predict, at config.eval.output_stride: from the
-  newest checkpoint in workdir, else from config.train.init_from."""
-  from deeplab_jax import checkpoints, distributed, train  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  trainer = train.Trainer(config, config.train.num_steps,
-                          distributed.make_mesh(jax.local_devices()))
-  step = None
-  checkpointer = None
-  if workdir and os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    checkpointer = checkpoints.Checkpointer(workdir, read_only=True)
-    step = checkpointer.latest_step()
-  if step is not None:
-    trainer.state = checkpointer.restore(step, trainer.abstract_state())
-    print(f'Using step {step} (checkpoint: {checkpointer.path(step)})',
-          flush=True)
-  elif config.train.init_from:
-    report = trainer.load_weights(config.train.init_from, 'model')
+  newest checkpoint in workdir (parameters and BatchNorm statistics only),
+  else from config.train.init_from."""
+  has_checkpoints = bool(workdir) and os.path.isdir(
+      os.path.join(workdir, 'checkpoints')) and checkpoints.Checkpointer(
+          workdir, read_only=True).latest_step() is not None
+  if has_checkpoints:
+    model, step = checkpoints.restore_model(config, workdir)
+    print(f'Using step {step} (checkpoint: '
+          f'{os.path.join(workdir, "checkpoints", str(step))})', flush=True)
+    return model, step
+  if config.train.init_from:
+    model = create_model(config.model, output_stride=config.eval.output_stride)
+    report = pretrained.load_into_model(model, config.train.init_from, config,
+                                        scope='model')
     print(f'Using weights from {config.train.init_from} '
           f'({report["loaded"]} arrays).', flush=True)
-  else:
-    raise CheckpointError(
-        f'No checkpoint in {workdir}/checkpoints and no '
-        'config.train.init_from: train first, or use a pretrained config '
-        '(see README, "Pretrained models").')
-  return trainer.model(output_stride=config.eval.output_stride), step
+    return model, None
+  raise CheckpointError(
+      f'No checkpoint in {workdir}/checkpoints and no '
+      'config.train.init_from: train first, or use a pretrained config '
+      '(see README, "Pretrained models").')
+
+
+def diagnose_override(argv: Sequence[str]) -> str | None:
+  """Why a `--config.<key>=<value>` flag failed to apply, if it can tell.
+
+  ml_collections raises a bare AttributeError for an unknown key; this walks
+  the schema to name the key, a close match, and the known keys.
+  """
+  schema = default_config()
+  for arg in argv:
+    if not arg.startswith('--config.'):
+      continue
+    dotted = arg[len('--config.'):].split('=', 1)[0]
+    node, prefix = schema, 'config'
+    for part in dotted.split('.'):
+      if not isinstance(node, ml_collections.ConfigDict):
+        break
+      if part not in node:
+        known = list(node.keys())
+        close = difflib.get_close_matches(part, known, n=1)
+        hint = f" Did you mean '{prefix}.{close[0]}'?" if close else ''
+        return (f"Unknown config key '{prefix}.{part}' in {arg}.{hint} Known "
+                f'keys of {prefix}: {", ".join(sorted(known))}.')
+      node, prefix = node[part], f'{prefix}.{part}'
+    if '=' in arg and isinstance(node, (bool, int, float, str, tuple)):
+      value = arg.split('=', 1)[1]
+      return (f'{arg}: cannot use {value!r} for {prefix}, which takes a '
+              f'{type(node).__name__} (default {node!r}).')
+  return None
 
 
 def run(config: Any, *, mode: str, workdir: str | None = None,
@@ -52,7 +87,6 @@ def run(config: Any, *, mode: str, workdir: str | None = None,
         follow: bool = False) -> Any:
   validate_config(config)
   if mode == 'summary':
-    from deeplab_jax.models import create_model, format_summary  # pylint: disable=g-import-not-at-top
     model = create_model(config.model)
     print(format_summary(model, depth=1))
     print()
@@ -60,16 +94,13 @@ def run(config: Any, *, mode: str, workdir: str | None = None,
         'module', 'backbone', 1))
     return None
   if mode == 'prepare':
-    from deeplab_jax.data import pipeline  # pylint: disable=g-import-not-at-top
     builder = pipeline.prepare_dataset(config.data)
     sizes = {k: v.num_examples for k, v in builder.info.splits.items()}
     print(f'{config.data.dataset} is ready in {builder.data_dir}: {sizes}')
     return sizes
   if mode in ('train', 'eval'):
-    from deeplab_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-    pipeline.check_num_classes(config)
+    datasets.check_num_classes(config)
   if mode == 'train':
-    from deeplab_jax import train  # pylint: disable=g-import-not-at-top
     workdir = _require_workdir(mode, workdir)
     start = time.time()
     result = train.train(config, workdir)
@@ -86,18 +117,17 @@ def run(config: Any, *, mode: str, workdir: str | None = None,
     print(line, flush=True)
     return result
   if mode == 'eval':
-    from deeplab_jax import evaluate  # pylint: disable=g-import-not-at-top
     workdir = _require_workdir(mode, workdir)
     if follow:
       return evaluate.follow(config, workdir)
     model, step = inference_model(config, workdir)
     summary = evaluate.evaluate(config, model, workdir=workdir, step=step)
     print(f'mIoU {summary["miou"]:.4f}, pixel accuracy '
-          f'{summary["pixel_accuracy"]:.4f} on {summary["images"]} images; '
-          f'written to {workdir}/eval/metrics.json')
+          f'{summary["pixel_accuracy"]:.4f} on {summary["images"]} images '
+          f'in {summary["seconds"]:.1f} s; written to '
+          f'{workdir}/eval/metrics.json')
     return summary
   if mode == 'predict':
-    from deeplab_jax import predict  # pylint: disable=g-import-not-at-top
     if not images:
       raise ConfigError('--mode=predict needs --images=DIR (a folder of '
                         'photos).')

@@ -2,27 +2,32 @@
 
 `default_config()` returns the full ml_collections schema with the reference
 DeepLab recipe as defaults; every file in `configs/` starts from it and
-overrides fields. `validate_config()` is called once at the edge (main.py,
+overrides fields. `config.model.backbone` is the chosen backbone's own
+sub-dict (`models.backbones.backbone_config(name)`), whose keys the backbone
+defines and checks. `validate_config()` is called once at the edge (main.py,
 notebooks) and raises `ConfigError` naming the key, the bad value and the
-allowed ones, so nothing deeper has to re-check user input.
+allowed ones, so nothing deeper has to re-check user input;
+`load_config_file()` reads a `configs/*.py` file the way `--config` does.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import numbers
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
 from deeplab_jax.errors import ConfigError
+from deeplab_jax.models import backbones
 
 OUTPUT_STRIDES = (8, 16, 32)
 HEAD_TYPES = ('aspp', 'dpc')
 DECODER_TYPES = ('deeplabv3plus', 'upsample')
-CHANNEL_ROUNDINGS = ('deeplab', 'keras')
 DEPTHWISE_IMPLS = ('auto', 'shifted', 'native')
 DTYPES = ('float32', 'bfloat16')
 OPTIMIZERS = ('sgd', 'adam')
@@ -60,16 +65,10 @@ def default_config() -> ml_collections.ConfigDict:
   m.classifier_kernel_size = 1
   m.classifier_use_bias = True
 
-  m.backbone = ml_collections.ConfigDict()
-  m.backbone.name = 'mobilenet_v2'
-  m.backbone.depth_multiplier = 1.0
-  # 'deeplab': multiples of 8 only at depth multiplier 1.0 (the reference
-  # extractor and its published checkpoints); 'keras': every width rounded to
-  # a multiple of 8 (keras.applications.MobileNetV2's alpha).
-  m.backbone.channel_rounding = 'deeplab'
-  # Slim MobileNetV2 BatchNorm (decay 0.997, eps 1e-3; Keras uses eps 1e-3).
-  m.backbone.bn_momentum = 0.997
-  m.backbone.bn_epsilon = 1e-3
+  # The backbone's own keys (name, depth_multiplier, ...): see its module in
+  # deeplab_jax/models/backbones/. Another backbone: assign
+  # backbones.backbone_config('<name>') in a config file.
+  m.backbone = backbones.backbone_config('mobilenet_v2')
 
   m.head = ml_collections.ConfigDict()
   m.head.type = 'aspp'
@@ -101,7 +100,9 @@ def default_config() -> ml_collections.ConfigDict:
   # ----------------------------------------------------------------- data
   c.data = ml_collections.ConfigDict()
   d = c.data
-  d.dataset = 'voc2012'  # TFDS config: voc2012 | voc2012_aug | demo
+  # A name of deeplab_jax.data.datasets.DATASETS (voc2012 | voc2012_aug |
+  # demo); its spec gives the classes, palette and ignore label.
+  d.dataset = 'voc2012'
   d.data_dir = config_dict.placeholder(str)  # TFDS data_dir; None: default.
   d.manual_dir = config_dict.placeholder(str)  # VOC tars or VOCdevkit/.
   d.train_split = 'train'
@@ -111,7 +112,6 @@ def default_config() -> ml_collections.ConfigDict:
   d.max_scale = 2.0
   d.scale_step = 0.25
   d.random_flip = True
-  d.ignore_label = 255
   d.num_workers = 2  # grain worker processes per host; 0 = in-process.
   d.prefetch_batches = 4  # Per worker.
 
@@ -170,15 +170,162 @@ def default_config() -> ml_collections.ConfigDict:
 
 # ------------------------------------------------------------ validation
 
+Check = Callable[[str, Any, Any], None]  # (key, value, config) -> None
+
 
 def _fail(key: str, value: Any, allowed: str) -> ConfigError:
   return ConfigError(f'{key} = {value!r} is not allowed: {allowed}.')
 
 
+def _is_int(x: Any) -> bool:
+  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+  return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def one_of(key: str, value: Any, allowed: Sequence[Any]) -> None:
+  if value not in allowed:
+    raise _fail(key, value, 'use one of ' + ', '.join(map(repr, allowed)))
+
+
+def positive_int(key: str, value: Any, minimum: int = 1) -> None:
+  if not _is_int(value) or value < minimum:
+    raise _fail(key, value, f'use an integer >= {minimum}')
+
+
+def number_in(key: str, value: Any, lo: float, hi: float,
+              lo_open: bool = False, hi_open: bool = False) -> None:
+  ok = _is_number(value)
+  if ok:
+    ok = (value > lo if lo_open else value >= lo) and (
+        value < hi if hi_open else value <= hi)
+  if not ok:
+    lb = '(' if lo_open else '['
+    rb = ')' if hi_open else ']'
+    raise _fail(key, value, f'use a number in {lb}{lo}, {hi}{rb}')
+
+
+CHECKS = backbones.ConfigChecks(one_of=one_of, positive_int=positive_int,
+                                number_in=number_in)
+
+
+# Rule constructors for the table below. Bounds may be callables of the
+# config, for limits that depend on another key.
+def _choice(allowed: Sequence[Any]) -> Check:
+  return lambda key, value, config: one_of(key, value, allowed)
+
+
+def _int(minimum: int = 1) -> Check:
+  return lambda key, value, config: positive_int(key, value, minimum)
+
+
+def _number(lo, hi, lo_open: bool = False, hi_open: bool = False) -> Check:
+  bound = lambda b, config: b(config) if callable(b) else b
+  return lambda key, value, config: number_in(
+      key, value, bound(lo, config), bound(hi, config), lo_open, hi_open)
+
+
+def _optional(check: Check) -> Check:
+  return lambda key, value, config: (None if value is None else
+                                     check(key, value, config))
+
+
+def _int_tuple(example: str) -> Check:
+  def check(key, value, config):
+    del config
+    if not isinstance(value, (list, tuple)) or not all(
+        _is_int(r) and r >= 1 for r in value):
+      raise _fail(key, value, f'use a tuple of integers >= 1, {example}')
+  return check
+
+
+def _scales(key: str, value: Any, config: Any) -> None:
+  del config
+  if (not isinstance(value, (list, tuple)) or not value or
+      not all(_is_number(s) and 0 < s <= 8 for s in value)):
+    raise _fail(key, value,
+                'use a non-empty tuple of scales in (0, 8], e.g. (1.0,)')
+
+
+def _dataset_name(key: str, value: Any, config: Any) -> None:
+  del config
+  if not isinstance(value, str) or not value:
+    raise _fail(key, value, 'name a dataset: voc2012, voc2012_aug or demo')
+
+
+_INF = float('inf')
+
+# (key under `config.`, check): every scalar key of the schema but the
+# backbone's (its class checks those) and the DPC branches (below).
+RULES: tuple[tuple[str, Check], ...] = (
+    ('seed', _int(0)),
+    ('model.num_classes', _int(2)),
+    ('model.output_stride', _choice(OUTPUT_STRIDES)),
+    ('model.dtype', _choice(DTYPES)),
+    ('model.depthwise_impl', _choice(DEPTHWISE_IMPLS)),
+    ('model.bn_momentum', _number(0.0, 1.0)),
+    ('model.bn_epsilon', _number(0.0, 1.0, lo_open=True)),
+    ('model.classifier_kernel_size', _choice((1, 3))),
+    ('model.head.type', _choice(HEAD_TYPES)),
+    ('model.head.channels', _int()),
+    ('model.head.projection_channels', _int()),
+    ('model.head.atrous_rates', _int_tuple(
+        'e.g. (6, 12, 18), or () for the reference MobileNetV2 head')),
+    ('model.head.conv_rate_multiplier', _optional(_int())),
+    ('model.head.separable_depth_multiplier', _int()),
+    ('model.head.dropout_rate', _number(0.0, 1.0, hi_open=True)),
+    ('model.decoder.type', _choice(DECODER_TYPES)),
+    ('model.decoder.low_level_channels', _int()),
+    ('model.decoder.channels', _int()),
+    ('data.dataset', _dataset_name),
+    ('data.crop_size', _int(16)),
+    ('data.min_scale', _number(0.0, 100.0, lo_open=True)),
+    ('data.max_scale', _number(lambda c: c.data.min_scale, 100.0)),
+    ('data.scale_step', _number(0.0, 100.0)),
+    ('data.num_workers', _int(0)),
+    ('data.prefetch_batches', _int()),
+    ('train.batch_size', _int()),
+    ('train.num_steps', _int()),
+    ('train.num_epochs', _optional(_number(0.0, 1e9, lo_open=True))),
+    ('train.optimizer', _choice(OPTIMIZERS)),
+    ('train.learning_rate', _number(0.0, 10.0, lo_open=True)),
+    ('train.momentum', _number(0.0, 1.0, hi_open=True)),
+    ('train.adam_b1', _number(0.0, 1.0, hi_open=True)),
+    ('train.adam_b2', _number(0.0, 1.0, hi_open=True)),
+    ('train.adam_eps', _number(0.0, 1.0, lo_open=True)),
+    ('train.lr_schedule', _choice(LR_SCHEDULES)),
+    ('train.poly_power', _number(0.0, 100.0)),
+    ('train.end_learning_rate',
+     _number(0.0, lambda c: c.train.learning_rate)),
+    ('train.warmup_steps', _int(0)),
+    ('train.inverse_time_decay', _number(0.0, 1e9)),
+    ('train.reduce_on_plateau_factor',
+     _optional(_number(0.0, 1.0, lo_open=True))),
+    ('train.reduce_on_plateau_patience', _int(0)),
+    ('train.reduce_on_plateau_accumulation_steps', _int()),
+    ('train.weight_decay', _number(0.0, 1.0)),
+    ('train.bias_lr_multiplier', _number(0.0, 1000.0)),
+    ('train.top_k_percent_pixels', _number(0.0, 1.0, lo_open=True)),
+    ('train.hard_example_mining_step', _int(0)),
+    ('train.log_every_steps', _int()),
+    ('train.checkpoint_every_steps', _int()),
+    ('train.keep_checkpoints', _int()),
+    ('train.eval_every_steps', _int(0)),
+    ('train.init_from_scope', _choice(('backbone', 'model'))),
+    ('eval.output_stride', _choice(OUTPUT_STRIDES)),
+    ('eval.crop_size', _int(16)),
+    ('eval.scales', _scales),
+    ('eval.batch_size', _int()),
+    ('eval.num_result_images', _int(0)),
+    ('eval.max_images', _optional(_int())),
+)
+
+
 def _check_keys(config: Any, schema: Any, prefix: str) -> None:
   """Raises on keys the schema does not know, recursively."""
-  if not isinstance(schema, Mapping) and not isinstance(
-      schema, ml_collections.ConfigDict):
+  if not isinstance(schema, (Mapping, ml_collections.ConfigDict)):
     return
   if not isinstance(config, (Mapping, ml_collections.ConfigDict)):
     raise ConfigError(
@@ -197,34 +344,11 @@ def _check_keys(config: Any, schema: Any, prefix: str) -> None:
     _check_keys(config[key], schema[key], f'{prefix}.{key}')
 
 
-def _is_int(x: Any) -> bool:
-  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _is_number(x: Any) -> bool:
-  return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def _one_of(key: str, value: Any, allowed: Sequence[Any]) -> None:
-  if value not in allowed:
-    raise _fail(key, value, 'use one of ' + ', '.join(map(repr, allowed)))
-
-
-def _positive_int(key: str, value: Any, minimum: int = 1) -> None:
-  if not _is_int(value) or value < minimum:
-    raise _fail(key, value, f'use an integer >= {minimum}')
-
-
-def _number_in(key: str, value: Any, lo: float, hi: float,
-               lo_open: bool = False, hi_open: bool = False) -> None:
-  ok = _is_number(value)
-  if ok:
-    ok = (value > lo if lo_open else value >= lo) and (
-        value < hi if hi_open else value <= hi)
-  if not ok:
-    lb = '(' if lo_open else '['
-    rb = ')' if hi_open else ']'
-    raise _fail(key, value, f'use a number in {lb}{lo}, {hi}{rb}')
+def _lookup(config: Any, dotted: str) -> Any:
+  node = config
+  for part in dotted.split('.'):
+    node = node[part]
+  return node
 
 
 def validate_dpc_branches(branches: Any,
@@ -246,9 +370,9 @@ def validate_dpc_branches(branches: Any,
     if unknown:
       raise ConfigError(f'{k} has unknown keys {sorted(unknown)}: allowed are '
                         'kernel, rate, op, input, grid_size.')
-    _one_of(f'{k}.op', b['op'], DPC_OPS)
+    one_of(f'{k}.op', b['op'], DPC_OPS)
     if b['op'] == 'conv':
-      _one_of(f'{k}.kernel', b['kernel'], (1, 3))
+      one_of(f'{k}.kernel', b['kernel'], (1, 3))
     rate = b['rate']
     if (not isinstance(rate, (list, tuple)) or len(rate) != 2 or
         not all(_is_int(r) and r >= 1 for r in rate)):
@@ -268,131 +392,61 @@ def validate_dpc_branches(branches: Any,
                     'pyramid_pooling needs grid_size [h, w] of integers >= 1')
 
 
-def validate_model_config(m: Any, key: str = 'config.model') -> None:
-  """Checks `config.model` (also used alone, e.g. by the pretrained import)."""
-  _positive_int(f'{key}.num_classes', m.num_classes, minimum=2)
-  _one_of(f'{key}.output_stride', m.output_stride, OUTPUT_STRIDES)
-  _one_of(f'{key}.dtype', m.dtype, DTYPES)
-  _one_of(f'{key}.depthwise_impl', m.depthwise_impl, DEPTHWISE_IMPLS)
-  _number_in(f'{key}.bn_momentum', m.bn_momentum, 0.0, 1.0)
-  _number_in(f'{key}.bn_epsilon', m.bn_epsilon, 0.0, 1.0, lo_open=True)
-  _one_of(f'{key}.classifier_kernel_size', m.classifier_kernel_size, (1, 3))
-  b = m.backbone
-  _one_of(f'{key}.backbone.name', b.name, ('mobilenet_v2',))
-  _number_in(f'{key}.backbone.depth_multiplier', b.depth_multiplier, 0.0,
-             float('inf'), lo_open=True)
-  _one_of(f'{key}.backbone.channel_rounding', b.channel_rounding,
-          CHANNEL_ROUNDINGS)
-  _number_in(f'{key}.backbone.bn_momentum', b.bn_momentum, 0.0, 1.0)
-  _number_in(f'{key}.backbone.bn_epsilon', b.bn_epsilon, 0.0, 1.0,
-             lo_open=True)
-  h = m.head
-  _one_of(f'{key}.head.type', h.type, HEAD_TYPES)
-  _positive_int(f'{key}.head.channels', h.channels)
-  _positive_int(f'{key}.head.projection_channels', h.projection_channels)
-  if not isinstance(h.atrous_rates, (list, tuple)) or not all(
-      _is_int(r) and r >= 1 for r in h.atrous_rates):
-    raise _fail(f'{key}.head.atrous_rates', h.atrous_rates,
-                'use a tuple of integers >= 1, e.g. (6, 12, 18), or () for '
-                'the reference MobileNetV2 head')
-  if h.conv_rate_multiplier is not None:
-    _positive_int(f'{key}.head.conv_rate_multiplier', h.conv_rate_multiplier)
-  _positive_int(f'{key}.head.separable_depth_multiplier',
-                h.separable_depth_multiplier)
-  _number_in(f'{key}.head.dropout_rate', h.dropout_rate, 0.0, 1.0,
-             hi_open=True)
-  if h.type == 'dpc':
-    validate_dpc_branches(h.dpc_branches, f'{key}.head.dpc_branches')
-  dec = m.decoder
-  _one_of(f'{key}.decoder.type', dec.type, DECODER_TYPES)
-  _positive_int(f'{key}.decoder.low_level_channels', dec.low_level_channels)
-  _positive_int(f'{key}.decoder.channels', dec.channels)
+def validate_backbone_config(backbone_config: Any,
+                             key: str = 'config.model.backbone') -> None:
+  """Checks the backbone sub-dict against its backbone's own schema."""
+  if not isinstance(backbone_config, (Mapping, ml_collections.ConfigDict)):
+    raise _fail(key, backbone_config, 'use a group of backbone settings '
+                "(backbones.backbone_config('mobilenet_v2'))")
+  name = backbone_config.get('name')
+  one_of(f'{key}.name', name, tuple(backbones.BACKBONES))
+  cls = backbones.get_backbone(name)
+  schema = cls.default_config()
+  stray = [k for k in backbone_config.keys() if k not in schema]
+  if stray:
+    raise ConfigError(
+        f"{key} has keys {stray} that backbone {name!r} does not take (its "
+        f'keys: {", ".join(sorted(schema.keys()))}). To switch backbones, '
+        'assign the whole sub-dict in a config file: config.model.backbone '
+        f"= backbones.backbone_config({name!r}).")
+  _check_keys(backbone_config, schema, key)
+  cls.validate_config(backbone_config, key, CHECKS)
+
+
+def _run_rules(config: Any, prefix: str) -> None:
+  for dotted, check in RULES:
+    if dotted.startswith(prefix):
+      check(f'config.{dotted}', _lookup(config, dotted), config)
+
+
+def validate_model_config(model_config: Any) -> None:
+  """Checks `config.model` alone (e.g. for the pretrained import)."""
+  wrapper = ml_collections.ConfigDict({'model': model_config})
+  validate_backbone_config(model_config.backbone)
+  schema = default_config().model
+  schema.backbone = model_config.backbone
+  _check_keys(model_config, schema, 'config.model')
+  _run_rules(wrapper, 'model.')
+  if model_config.head.type == 'dpc':
+    validate_dpc_branches(model_config.head.dpc_branches)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError on the first unknown key or out-of-range value."""
-  _check_keys(config, default_config(), 'config')
-  _positive_int('config.seed', config.seed, minimum=0)
-  validate_model_config(config.model)
-
-  d = config.data
-  if not isinstance(d.dataset, str) or not d.dataset:
-    raise _fail('config.data.dataset', d.dataset,
-                'name a dataset: voc2012, voc2012_aug or demo')
-  _positive_int('config.data.crop_size', d.crop_size, minimum=16)
-  _number_in('config.data.min_scale', d.min_scale, 0.0, 100.0, lo_open=True)
-  _number_in('config.data.max_scale', d.max_scale, d.min_scale, 100.0)
-  _number_in('config.data.scale_step', d.scale_step, 0.0, 100.0)
-  _positive_int('config.data.ignore_label', d.ignore_label, minimum=0)
-  if d.ignore_label > 255 or d.ignore_label < config.model.num_classes:
-    raise _fail('config.data.ignore_label', d.ignore_label,
-                f'use a label id in [{config.model.num_classes}, 255] that is '
-                'not a class (255 for VOC)')
-  _positive_int('config.data.num_workers', d.num_workers, minimum=0)
-  _positive_int('config.data.prefetch_batches', d.prefetch_batches)
-
-  t = config.train
-  _positive_int('config.train.batch_size', t.batch_size)
-  _positive_int('config.train.num_steps', t.num_steps)
-  if t.num_epochs is not None:
-    _number_in('config.train.num_epochs', t.num_epochs, 0.0, 1e9,
-               lo_open=True)
-  _one_of('config.train.optimizer', t.optimizer, OPTIMIZERS)
-  _number_in('config.train.learning_rate', t.learning_rate, 0.0, 10.0,
-             lo_open=True)
-  _number_in('config.train.momentum', t.momentum, 0.0, 1.0, hi_open=True)
-  _number_in('config.train.adam_b1', t.adam_b1, 0.0, 1.0, hi_open=True)
-  _number_in('config.train.adam_b2', t.adam_b2, 0.0, 1.0, hi_open=True)
-  _one_of('config.train.lr_schedule', t.lr_schedule, LR_SCHEDULES)
-  _number_in('config.train.poly_power', t.poly_power, 0.0, 100.0)
-  _number_in('config.train.end_learning_rate', t.end_learning_rate, 0.0,
-             t.learning_rate)
-  _positive_int('config.train.warmup_steps', t.warmup_steps, minimum=0)
-  _number_in('config.train.inverse_time_decay', t.inverse_time_decay, 0.0,
-             1e9)
-  if t.reduce_on_plateau_factor is not None:
-    _number_in('config.train.reduce_on_plateau_factor',
-               t.reduce_on_plateau_factor, 0.0, 1.0, lo_open=True)
-  _positive_int('config.train.reduce_on_plateau_patience',
-                t.reduce_on_plateau_patience, minimum=0)
-  _positive_int('config.train.reduce_on_plateau_accumulation_steps',
-                t.reduce_on_plateau_accumulation_steps)
-  _number_in('config.train.adam_eps', t.adam_eps, 0.0, 1.0, lo_open=True)
-  _number_in('config.train.bias_lr_multiplier', t.bias_lr_multiplier, 0.0,
-             1000.0)
-  _number_in('config.train.weight_decay', t.weight_decay, 0.0, 1.0)
-  _number_in('config.train.top_k_percent_pixels', t.top_k_percent_pixels, 0.0,
-             1.0, lo_open=True)
-  _positive_int('config.train.hard_example_mining_step',
-                t.hard_example_mining_step, minimum=0)
-  _positive_int('config.train.log_every_steps', t.log_every_steps)
-  _positive_int('config.train.checkpoint_every_steps',
-                t.checkpoint_every_steps)
-  _positive_int('config.train.keep_checkpoints', t.keep_checkpoints)
-  _positive_int('config.train.eval_every_steps', t.eval_every_steps, minimum=0)
-  _one_of('config.train.init_from_scope', t.init_from_scope,
-          ('backbone', 'model'))
-
-  e = config.eval
-  _one_of('config.eval.output_stride', e.output_stride, OUTPUT_STRIDES)
-  _positive_int('config.eval.crop_size', e.crop_size, minimum=16)
-  if (not isinstance(e.scales, (list, tuple)) or not e.scales or
-      not all(_is_number(s) and 0 < s <= 8 for s in e.scales)):
-    raise _fail('config.eval.scales', e.scales,
-                'use a non-empty tuple of scales in (0, 8], e.g. (1.0,)')
-  _positive_int('config.eval.batch_size', e.batch_size)
-  _positive_int('config.eval.num_result_images', e.num_result_images,
-                minimum=0)
-  if e.max_images is not None:
-    _positive_int('config.eval.max_images', e.max_images)
+  if 'model' in config and 'backbone' in config.model:
+    validate_backbone_config(config.model.backbone)
+  schema = default_config()
+  schema.model.backbone = config.model.backbone  # Checked by its own class.
+  _check_keys(config, schema, 'config')
+  _run_rules(config, '')
+  if config.model.head.type == 'dpc':
+    validate_dpc_branches(config.model.head.dpc_branches)
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
   """`get_config()` of a config file, with an optional ':argument'
   (`configs/voc_pretrained.py:mnv2_pascal_quant_513`), as --config reads it;
-  for notebooks and scripts."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
+  validated. For notebooks, scripts, benchmarks and tests."""
   file, _, argument = str(path).partition('.py:')
   file = file if file.endswith('.py') else file + '.py'
   if not os.path.exists(file):
@@ -403,39 +457,3 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   config = module.get_config(argument) if argument else module.get_config()
   validate_config(config)
   return config
-
-
-def diagnose_override(argv: Sequence[str]) -> str | None:
-  """Why a `--config.<key>=<value>` flag failed to apply, if it can tell.
-
-  ml_collections raises a bare AttributeError for an unknown key; this walks
-  the schema to name the key, a close match, and the known keys.
-  """
-  schema = default_config()
-  for arg in argv:
-    if not arg.startswith('--config.'):
-      continue
-    dotted = arg[len('--config.'):].split('=', 1)[0]
-    node, prefix = schema, 'config'
-    for part in dotted.split('.'):
-      if not isinstance(node, ml_collections.ConfigDict):
-        break
-      if part not in node:
-        known = list(node.keys())
-        close = difflib.get_close_matches(part, known, n=1)
-        hint = f" Did you mean '{prefix}.{close[0]}'?" if close else ''
-        return (f"Unknown config key '{prefix}.{part}' in {arg}.{hint} Known "
-                f'keys of {prefix}: {", ".join(sorted(known))}.')
-      node, prefix = node[part], f'{prefix}.{part}'
-    if '=' in arg and isinstance(node, (bool, int, float, str, tuple)):
-      value = arg.split('=', 1)[1]
-      return (f'{arg}: cannot use {value!r} for {prefix}, which takes a '
-              f'{type(node).__name__} (default {node!r}).')
-  return None
-
-
-def effective_rate_multiplier(head_config: Any, output_stride: int) -> float:
-  """The factor applied to ASPP/DPC rates, which are given at OS 16."""
-  if head_config.conv_rate_multiplier is not None:
-    return float(head_config.conv_rate_multiplier)
-  return 16.0 / output_stride

@@ -4,13 +4,16 @@ Runs at `config.eval.output_stride` on whole images padded to
 `config.eval.crop_size` (padding is labelled ignore, so it never counts),
 single-scale or multi-scale with flips (`config.eval.scales`, `.flip`).
 Writes `<workdir>/eval/metrics.json`, `confusion_matrix.png` and result
-images (image | ground truth | prediction | overlay) for the first
-`config.eval.num_result_images` images.
+images (image | ground truth | prediction | overlay, in the dataset's
+palette) for the first `config.eval.num_result_images` images.
+
+`Evaluator` is built once per (model structure, eval config) and owns its
+jitted functions; `train.py` calls it during training (never the reverse)
+and `follow` reuses one for every checkpoint.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import time
@@ -27,10 +30,12 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from deeplab_jax import distributed, inference, metrics, visualize
-from deeplab_jax.data import augment, pipeline
-from deeplab_jax.errors import CheckpointError
-from deeplab_jax.models import inference_view
+from deeplab_jax import (checkpoints, distributed, inference, metrics, optim,
+                         visualize)
+from deeplab_jax.compile_stats import CompileCounter
+from deeplab_jax.data import pipeline
+from deeplab_jax.data.datasets import class_names, dataset_spec
+from deeplab_jax.models import backbones, create_model, inference_view
 
 
 class Progress:
@@ -89,193 +94,220 @@ def _stack(group: list[dict[str, Any]], batch_size: int, ignore_label: int,
   return images, labels
 
 
-def make_eval_step(model: nnx.Module, config: ml_collections.ConfigDict,
-                   num_classes: int):
-  """Jitted functions over this process's devices:
+class Evaluator:
+  """Evaluation for one model structure and eval config, compiled once.
 
-  step(images, labels) -> (predictions uint8, confusion) for padded images;
-  probabilities(images) -> [N, H, W, C] for `eval.resize_to_crop`.
+  Built from the config (the model at `config.eval.output_stride`, the
+  eval scales and flips, the dataset's classes and ignore label), it owns
+  its jitted functions: evaluating new weights (the next checkpoint, the
+  next in-training evaluation) reuses them and compiles nothing new for
+  image shapes it has seen. In the big_vision way:
+  `Evaluator(config).evaluate(weights, workdir=...)`.
   """
-  graphdef, state = nnx.split(inference_view(model))
-  mesh = distributed.make_mesh(jax.local_devices())
-  data = distributed.data_sharding(mesh)
-  state = jax.device_put(state, distributed.replicated(mesh))
-  scales = tuple(float(s) for s in config.eval.scales)
 
-  def predict(state, images):
-    return inference.predict_probabilities(
-        nnx.merge(graphdef, state), images, scales=scales,
-        flip=config.eval.flip)
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.dataset = dataset_spec(config.data.dataset)
+    self.class_names = class_names(config)
+    self.num_classes = config.model.num_classes
+    abstract = nnx.eval_shape(lambda: create_model(
+        config.model, output_stride=config.eval.output_stride))
+    self.graphdef = nnx.graphdef(inference_view(abstract))
+    self.mesh = distributed.make_mesh(jax.local_devices())
+    self._replicated = distributed.replicated(self.mesh)
+    data = distributed.data_sharding(self.mesh)
+    scales = tuple(float(s) for s in config.eval.scales)
+    ignore_label = self.dataset.ignore_label
+    num_classes = self.num_classes
 
-  @functools.partial(jax.jit, in_shardings=(None, data, data))
-  def step(state, images, labels):
-    predictions = jnp.argmax(predict(state, images), axis=-1)
-    confusion = metrics.confusion_matrix(predictions, labels, num_classes,
-                                         config.data.ignore_label)
-    return predictions.astype(jnp.uint8), confusion
+    def probabilities(states, images):
+      return inference.predict_probabilities(
+          nnx.merge(self.graphdef, *states), images, scales=scales,
+          flip=config.eval.flip)
 
-  probabilities = jax.jit(predict, in_shardings=(None, data))
-  return (lambda images, labels: step(state, images, labels),
-          lambda images: probabilities(state, images), mesh)
+    def step(states, images, labels):
+      predictions = jnp.argmax(probabilities(states, images), axis=-1)
+      confusion = metrics.confusion_matrix(predictions, labels, num_classes,
+                                           ignore_label)
+      return predictions.astype(jnp.uint8), confusion
 
+    # step(states, images, labels) -> (uint8 predictions, confusion) for
+    # padded images; probabilities(states, images) -> [N, H, W, C] for
+    # `eval.resize_to_crop`, scored on the host at the original size.
+    self._step = jax.jit(step, in_shardings=(None, data, data))
+    self._probabilities = jax.jit(probabilities, in_shardings=(None, data))
 
-def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, *,
-             workdir: str | None, step: int | None = None,
-             writer: Any | None = None,
-             split: str | None = None, source=None) -> dict[str, Any]:
-  """Evaluates `model` (built for the eval output stride) on the eval split.
+  def _states(self, weights: Any) -> tuple[Any, ...]:
+    """Replicated weight states from a model or a tuple of nnx.States."""
+    states = ((nnx.state(weights),) if isinstance(weights, nnx.Module)
+              else tuple(weights))
+    return jax.device_put(states, self._replicated)
 
-  `writer` is a clu MetricWriter for TensorBoard scalars (optional).
+  def evaluate(self, weights: Any, *, workdir: str | None,
+               step: int | None = None, writer: Any | None = None,
+               split: str | None = None, source=None) -> dict[str, Any]:
+    """Evaluates `weights` on the eval split.
 
-  Returns:
-    {'miou', 'per_class_iou' (by class name), 'pixel_accuracy', 'images',
-     'step', ...}; also written to <workdir>/eval/metrics.json.
-  """
-  spec = pipeline.dataset_spec(config.data.dataset)
-  class_names = spec.class_names
-  num_classes = config.model.num_classes
-  if len(class_names) != num_classes:
-    class_names = tuple(f'class_{i}' for i in range(num_classes))
-  eval_step, probabilities_fn, mesh = make_eval_step(model, config,
-                                                     num_classes)
-  resize = config.eval.resize_to_crop
-  local_devices = mesh.devices.size
-  batch_size = -(-config.eval.batch_size // local_devices) * local_devices
-  if source is None:
-    source = pipeline.data_source(config.data, split or config.data.eval_split)
-  examples = iter(pipeline.eval_loader(config, source=source))
-  limit = config.eval.max_images
-  total = len(source) if limit is None else min(limit, len(source))
-  total_local = -(-total // jax.process_count())
+    Args:
+      weights: a model of this config (any output stride), or a tuple of
+        its nnx.States (e.g. (params, batch_stats) of a train state).
+      workdir: metrics.json, the confusion matrix and result images go to
+        <workdir>/eval/ (None: nothing is written).
+      step: the training step, for the record and TensorBoard.
+      writer: a clu MetricWriter for TensorBoard scalars (optional).
+      split, source: another split, or a random-access source (tests).
 
-  out_dir = epath.Path(workdir) / 'eval' if workdir else None
-  image_dir = out_dir / 'images' if out_dir else None
-  if image_dir is not None and jax.process_index() == 0:
-    image_dir.mkdir(parents=True, exist_ok=True)
-  confusion = np.zeros((num_classes, num_classes), np.int64)
-  seen = 0
-  progress = Progress('eval', total_local)
-  for group in batches_by_shape(examples, batch_size):
-    if limit is not None and seen >= total_local:
-      break
-    group = group[:max(0, total_local - seen)] if limit is not None else group
-    images, labels = _stack(group, batch_size, config.data.ignore_label,
-                            with_labels=not resize)
-    if resize:  # Score at the original resolution, on the host.
-      probabilities = np.asarray(probabilities_fn(images))
-      predictions = []
-      for example, probs in zip(group, probabilities):
-        prediction = inference.to_original_size(
-            probs, example['valid'], example['label'].shape)
-        confusion += metrics.confusion_matrix_numpy(
-            prediction, example['label'], num_classes,
-            config.data.ignore_label)
-        predictions.append(prediction)
-    else:
-      predictions, batch_confusion = eval_step(images, labels)
-      confusion += np.asarray(batch_confusion, np.int64)
-      predictions = np.asarray(predictions)
+    Returns:
+      {'miou', 'per_class_iou' (by class name), 'pixel_accuracy', 'images',
+       'step', 'seconds', 'compiles' (functions traced anew: 0 once every
+       image shape has been seen), 'compile_seconds', ...}; also written to
+       <workdir>/eval/metrics.json.
+    """
+    with CompileCounter() as compiles:
+      summary = self._evaluate(weights, workdir=workdir, step=step,
+                               split=split, source=source)
+    summary.update(compiles=compiles.lowerings,
+                   compile_seconds=round(compiles.compile_seconds, 3))
+    logging.info('eval step %s: mIoU %.4f, pixel accuracy %.4f on %d images '
+                 'in %.1f s (%d new compilations, %.1f s compiling)', step,
+                 summary['miou'], summary['pixel_accuracy'],
+                 summary['images'], summary['seconds'], summary['compiles'],
+                 summary['compile_seconds'])
+    out_dir = epath.Path(workdir) / 'eval' if workdir else None
+    if out_dir is not None and jax.process_index() == 0:
+      (out_dir / 'metrics.json').write_text(json.dumps(summary, indent=2))
+      if step is not None:
+        (out_dir / f'metrics_{step}.json').write_text(
+            json.dumps(summary, indent=2))
+      visualize.confusion_figure(
+          np.asarray(summary['confusion_matrix']), self.class_names).savefig(
+              str(out_dir / 'confusion_matrix.png'), dpi=100)
+    if writer is not None and step is not None:
+      scalars = {'eval/miou': summary['miou'],
+                 'eval/pixel_accuracy': summary['pixel_accuracy']}
+      scalars.update({f'eval/iou/{name}': value
+                      for name, value in summary['per_class_iou'].items()
+                      if value is not None})
+      writer.write_scalars(step, scalars)
+    return summary
+
+  def _evaluate(self, weights: Any, *, workdir: str | None,
+                step: int | None, split: str | None, source
+                ) -> dict[str, Any]:
+    config = self.config
+    start = time.perf_counter()
+    states = self._states(weights)
+    ignore_label = self.dataset.ignore_label
+    num_classes = self.num_classes
+    resize = config.eval.resize_to_crop
+    local_devices = self.mesh.devices.size
+    batch_size = -(-config.eval.batch_size // local_devices) * local_devices
+    if source is None:
+      source = pipeline.data_source(config.data,
+                                    split or config.data.eval_split)
+    examples = iter(pipeline.eval_loader(config, source=source))
+    limit = config.eval.max_images
+    total = len(source) if limit is None else min(limit, len(source))
+    total_local = -(-total // jax.process_count())
+
+    out_dir = epath.Path(workdir) / 'eval' if workdir else None
+    image_dir = out_dir / 'images' if out_dir else None
     if image_dir is not None and jax.process_index() == 0:
-      _save_results(group, predictions, image_dir, seen,
-                    config.eval.num_result_images)
-    seen += len(group)
-    progress.update(len(group))
-  progress.close()
-  if jax.process_count() > 1:
-    confusion = np.asarray(
-        multihost_utils.process_allgather(confusion)).sum(axis=0)
-    seen = int(np.asarray(multihost_utils.process_allgather(
-        np.int64(seen))).sum())
+      image_dir.mkdir(parents=True, exist_ok=True)
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    seen = 0
+    progress = Progress('eval', total_local)
+    for group in batches_by_shape(examples, batch_size):
+      if limit is not None and seen >= total_local:
+        break
+      group = (group[:max(0, total_local - seen)] if limit is not None
+               else group)
+      images, labels = _stack(group, batch_size, ignore_label,
+                              with_labels=not resize)
+      if resize:  # Score at the original resolution, on the host.
+        probabilities = np.asarray(self._probabilities(states, images))
+        predictions = []
+        for example, probs in zip(group, probabilities):
+          prediction = inference.to_original_size(
+              probs, example['valid'], example['label'].shape)
+          confusion += metrics.confusion_matrix_numpy(
+              prediction, example['label'], num_classes, ignore_label)
+          predictions.append(prediction)
+      else:
+        predictions, batch_confusion = self._step(states, images, labels)
+        confusion += np.asarray(batch_confusion, np.int64)
+        predictions = np.asarray(predictions)
+      if image_dir is not None and jax.process_index() == 0:
+        self._save_results(group, predictions, image_dir, seen)
+      seen += len(group)
+      progress.update(len(group))
+    progress.close()
+    if jax.process_count() > 1:
+      confusion = np.asarray(
+          multihost_utils.process_allgather(confusion)).sum(axis=0)
+      seen = int(np.asarray(multihost_utils.process_allgather(
+          np.int64(seen))).sum())
 
-  summary = metrics.summarize(confusion, class_names)
-  summary.update(
-      images=seen, step=step, dataset=config.data.dataset,
-      split=split or config.data.eval_split,
-      output_stride=config.eval.output_stride,
-      scales=[float(s) for s in config.eval.scales], flip=config.eval.flip,
-      confusion_matrix=confusion.tolist())
-  logging.info('eval step %s: mIoU %.4f, pixel accuracy %.4f on %d images',
-               step, summary['miou'], summary['pixel_accuracy'], seen)
-  if out_dir is not None and jax.process_index() == 0:
-    (out_dir / 'metrics.json').write_text(json.dumps(summary, indent=2))
-    if step is not None:
-      (out_dir / f'metrics_{step}.json').write_text(
-          json.dumps(summary, indent=2))
-    visualize.confusion_figure(confusion, class_names).savefig(
-        str(out_dir / 'confusion_matrix.png'), dpi=100)
-  if writer is not None and step is not None:
-    scalars = {'eval/miou': summary['miou'],
-               'eval/pixel_accuracy': summary['pixel_accuracy']}
-    scalars.update({f'eval/iou/{name}': value
-                    for name, value in summary['per_class_iou'].items()
-                    if value is not None})
-    writer.write_scalars(step, scalars)
-  return summary
+    summary = metrics.summarize(confusion, self.class_names)
+    summary.update(
+        images=seen, step=step, dataset=config.data.dataset,
+        split=split or config.data.eval_split,
+        output_stride=config.eval.output_stride,
+        scales=[float(s) for s in config.eval.scales], flip=config.eval.flip,
+        seconds=round(time.perf_counter() - start, 3),
+        confusion_matrix=confusion.tolist())
+    return summary
+
+  def _save_results(self, group, predictions, image_dir, first: int) -> None:
+    limit = self.config.eval.num_result_images
+    preprocessing = backbones.preprocessing(self.config.model)
+    palette = self.dataset.palette
+    for offset, example in enumerate(group):
+      index = first + offset
+      if index >= limit:
+        return
+      h, w = int(example['height']), int(example['width'])
+      vh, vw = (int(v) for v in example['valid'])
+      image = preprocessing.denormalize(example['image'][:vh, :vw])
+      if (vh, vw) != (h, w):  # Resized input: show it at the original size.
+        image = np.asarray(Image.fromarray(image).resize((w, h),
+                                                         Image.BILINEAR))
+      panel = visualize.result_panel(image, example['label'][:h, :w],
+                                     predictions[offset][:h, :w],
+                                     palette=palette)
+      stem = epath.Path(example['file_name']).stem
+      visualize.save_png(panel, image_dir / f'{index:04d}_{stem}.png')
 
 
-def _save_results(group, predictions, image_dir, first: int,
-                  limit: int) -> None:
-  for offset, example in enumerate(group):
-    index = first + offset
-    if index >= limit:
-      return
-    h, w = int(example['height']), int(example['width'])
-    vh, vw = (int(v) for v in example['valid'])
-    image = augment.denormalize(example['image'][:vh, :vw])
-    if (vh, vw) != (h, w):  # Resized input: show it at the original size.
-      image = np.asarray(Image.fromarray(image).resize((w, h),
-                                                       Image.BILINEAR))
-    panel = visualize.result_panel(image, example['label'][:h, :w],
-                                   predictions[offset][:h, :w])
-    stem = epath.Path(example['file_name']).stem
-    visualize.save_png(panel, image_dir / f'{index:04d}_{stem}.png')
-
-
-def evaluate_state(config, trainer, workdir, *, step, writer=None):
-  """Evaluates a Trainer's current state (used during training)."""
-  model = trainer.model(output_stride=config.eval.output_stride)
-  return evaluate(config, model, workdir=workdir, step=step, writer=writer)
-
-
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
-                        step: int | None = None,
-                        writer: Any | None = None
-                        ) -> dict[str, Any]:
-  """Evaluates the checkpoint at `step` (default: the newest) of workdir."""
-  from deeplab_jax import checkpoints, train  # pylint: disable=g-import-not-at-top
-  checkpointer = checkpoints.Checkpointer(workdir, read_only=True)
-  step = step if step is not None else checkpointer.latest_step()
-  if step is None:
-    raise CheckpointError(
-        f'No checkpoint in {checkpointer.directory}: train first with '
-        f'--workdir={workdir}, or point --workdir at a training run.')
-  trainer = train.Trainer(config, config.train.num_steps,
-                          distributed.make_mesh(jax.local_devices()))
-  trainer.state = checkpointer.restore(step, trainer.abstract_state())
-  print(f'Evaluating step {step} (checkpoint: {checkpointer.path(step)})',
-        flush=True)
-  return evaluate_state(config, trainer, workdir, step=step, writer=writer)
+def evaluate(config: ml_collections.ConfigDict, weights: Any, **kwargs
+             ) -> dict[str, Any]:
+  """One evaluation with a new Evaluator (see `Evaluator.evaluate`); to
+  evaluate several weights, build one Evaluator and reuse it."""
+  return Evaluator(config).evaluate(weights, **kwargs)
 
 
 def follow(config: ml_collections.ConfigDict, workdir: str, *,
            poll_seconds: float = 30.0, timeout_seconds: float | None = None
            ) -> dict[str, Any] | None:
   """Evaluates every new checkpoint as training writes it, until the final
-  step (or `timeout_seconds` without a new one)."""
+  step (or `timeout_seconds` without a new one). One Evaluator serves every
+  checkpoint: only the first compiles."""
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  from deeplab_jax import checkpoints  # pylint: disable=g-import-not-at-top
   checkpointer = checkpoints.Checkpointer(workdir, read_only=True)
   writer = metric_writers.create_default_writer(
       str(epath.Path(workdir) / 'eval'), just_logging=jax.process_index() > 0)
-  from deeplab_jax import train  # pylint: disable=g-import-not-at-top
+  evaluator = Evaluator(config)
   done, summary, waited = set(), None, 0.0
-  final = train.num_train_steps(config, len(pipeline.data_source(
+  final = optim.num_train_steps(config.train, len(pipeline.data_source(
       config.data, config.data.train_split)))
   while True:
     latest = checkpointer.latest_step()
     if latest is not None and latest not in done:
-      summary = evaluate_checkpoint(config, workdir, step=latest,
-                                    writer=writer)
+      model, _ = checkpoints.restore_model(config, workdir, step=latest)
+      print(f'Evaluating step {latest} (checkpoint: '
+            f'{checkpointer.path(latest)})', flush=True)
+      summary = evaluator.evaluate(model, workdir=workdir, step=latest,
+                                   writer=writer)
       done.add(latest)
       waited = 0.0
       if latest >= final:

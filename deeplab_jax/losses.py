@@ -10,7 +10,7 @@ import optax
 
 
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *,
-                          ignore_label: int = 255,
+                          ignore_label: int,
                           top_k_percent_pixels: float = 1.0,
                           hard_example_mining_step: int = 0,
                           step: jax.Array | int = 0) -> jax.Array:

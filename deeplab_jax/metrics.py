@@ -15,7 +15,7 @@ import numpy as np
 
 
 def confusion_matrix(predictions: jax.Array, labels: jax.Array,
-                     num_classes: int, ignore_label: int = 255) -> jax.Array:
+                     num_classes: int, ignore_label: int) -> jax.Array:
   """[num_classes, num_classes] int32 counts; jit-friendly.
 
   Args:
@@ -34,7 +34,7 @@ def confusion_matrix(predictions: jax.Array, labels: jax.Array,
 
 def confusion_matrix_numpy(predictions: np.ndarray, labels: np.ndarray,
                            num_classes: int,
-                           ignore_label: int = 255) -> np.ndarray:
+                           ignore_label: int) -> np.ndarray:
   """`confusion_matrix` on the host, for arrays of any shape (int64)."""
   labels = np.asarray(labels).astype(np.int64).reshape(-1)
   predictions = np.asarray(predictions).astype(np.int64).reshape(-1)

@@ -22,10 +22,12 @@ from flax import nnx
 from PIL import Image
 
 from deeplab_jax import inference, visualize
-from deeplab_jax.data import augment, pipeline
+from deeplab_jax.data import augment
+from deeplab_jax.data.datasets import class_names as dataset_class_names
+from deeplab_jax.data.datasets import dataset_spec
 from deeplab_jax.errors import DatasetError
 from deeplab_jax.evaluate import Progress
-from deeplab_jax.models import inference_view
+from deeplab_jax.models import backbones, inference_view
 
 
 def make_segmenter(model: nnx.Module, config: ml_collections.ConfigDict):
@@ -33,6 +35,7 @@ def make_segmenter(model: nnx.Module, config: ml_collections.ConfigDict):
   confidence = the winning class's probability)."""
   graphdef, state = nnx.split(inference_view(model))
   size = config.eval.crop_size
+  preprocessing = backbones.preprocessing(config.model)
   scales = tuple(float(s) for s in config.eval.scales)
 
   @jax.jit
@@ -44,7 +47,8 @@ def make_segmenter(model: nnx.Module, config: ml_collections.ConfigDict):
 
   def segment(photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     height, width = photo.shape[:2]
-    padded, (small_h, small_w) = augment.fit_and_pad(photo, size)
+    padded, (small_h, small_w) = augment.fit_and_pad(photo, size,
+                                                     preprocessing)
     classes, confidence = jax.device_get(run(state, padded))
     classes = classes[:small_h, :small_w]
     confidence = confidence[:small_h, :small_w]
@@ -80,7 +84,8 @@ def predict_folder(config: ml_collections.ConfigDict, model: nnx.Module,
     raise DatasetError(f'--images={images_dir} holds no files.')
   out = epath.Path(output_dir)
   out.mkdir(parents=True, exist_ok=True)
-  class_names = pipeline.dataset_spec(config.data.dataset).class_names
+  class_names = dataset_class_names(config)
+  palette = dataset_spec(config.data.dataset).palette
   segment = make_segmenter(model, config)
   results, skipped = {}, []
   progress = Progress('predict', len(files))
@@ -95,8 +100,8 @@ def predict_folder(config: ml_collections.ConfigDict, model: nnx.Module,
       continue
     classes, _ = segment(photo)
     stem = path.stem
-    visualize.save_mask_png(classes, out / f'{stem}_mask.png')
-    visualize.save_png(visualize.overlay(photo, classes),
+    visualize.save_mask_png(classes, out / f'{stem}_mask.png', palette)
+    visualize.save_png(visualize.overlay(photo, classes, palette),
                        out / f'{stem}_overlay.png')
     counts = np.bincount(classes.reshape(-1), minlength=len(class_names))
     results[path.name] = {

@@ -9,7 +9,6 @@ device or eight.
 
 from __future__ import annotations
 
-import math
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -25,10 +24,12 @@ from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from deeplab_jax import checkpoints, distributed, losses
+from deeplab_jax import checkpoints, distributed, evaluate, losses, optim
 from deeplab_jax.data import pipeline
+from deeplab_jax.data.datasets import dataset_spec
 from deeplab_jax.errors import NonFiniteLossError
 from deeplab_jax.models import create_model, with_output_stride
+from deeplab_jax.weights import pretrained
 
 
 @flax.struct.dataclass
@@ -41,126 +42,45 @@ class TrainState:
   rng: jax.Array
 
 
-# ------------------------------------------------------------- optimizer
-
-
-def learning_rate_schedule(train_config: Any,
-                           num_steps: int) -> optax.Schedule:
-  """Poly (reference), cosine, constant or Keras inverse-time decay, with an
-  optional linear warmup."""
-  t = train_config
-  lr, warmup = t.learning_rate, t.warmup_steps
-  decay_steps = max(1, num_steps - warmup)
-  if t.lr_schedule == 'poly':
-    main = optax.polynomial_schedule(lr, t.end_learning_rate, t.poly_power,
-                                     decay_steps)
-  elif t.lr_schedule == 'cosine':
-    main = optax.cosine_decay_schedule(lr, decay_steps,
-                                       alpha=t.end_learning_rate / lr)
-  elif t.lr_schedule == 'inverse_time':
-    decay = t.inverse_time_decay
-    main = lambda step: lr / (1.0 + decay * step)
-  else:
-    main = optax.constant_schedule(lr)
-  if warmup <= 0:
-    return main
-  return optax.join_schedules(
-      [optax.linear_schedule(0.0, lr, warmup), main], [warmup])
-
-
-def create_optimizer(train_config: Any,
-                     num_steps: int) -> optax.GradientTransformationExtraArgs:
-  """SGD with momentum or Adam on the schedule; optionally Keras-style
-  ReduceLROnPlateau on the training loss (pass value=loss to update)."""
-  t = train_config
-  schedule = learning_rate_schedule(t, num_steps)
-  if t.optimizer == 'sgd':
-    tx = optax.sgd(schedule, momentum=t.momentum)
-  else:
-    tx = optax.adam(schedule, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps)
-  if t.reduce_on_plateau_factor is not None:
-    tx = optax.chain(tx, optax.contrib.reduce_on_plateau(
-        factor=t.reduce_on_plateau_factor,
-        patience=t.reduce_on_plateau_patience,
-        accumulation_size=t.reduce_on_plateau_accumulation_steps,
-        min_scale=1e-8 / t.learning_rate))
-  return optax.with_extra_args_support(tx)
-
-
-def _module_paths(model: nnx.Module, predicate) -> set[tuple[str, ...]]:
-  return {
-      tuple(str(p) for p in path)
-      for path, node in nnx.iter_graph(model) if predicate(node)
-  }
-
-
-def parameter_groups(model: nnx.Module, regularize_depthwise: bool
-                     ) -> tuple[Callable[[tuple], bool],
-                                Callable[[tuple], bool]]:
-  """(is_decayed(path), is_conv_bias(path)) over parameter key paths.
-
-  Weight decay applies to conv kernels only (not BatchNorm, not biases) and,
-  as in the reference, not to depthwise kernels unless asked.
-  """
-  convs = _module_paths(model, lambda n: isinstance(n, nnx.Conv))
-  depthwise = _module_paths(
-      model, lambda n: isinstance(n, nnx.Conv) and n.feature_group_count > 1)
-
-  def is_decayed(key: tuple) -> bool:
-    module, name = key[:-1], key[-1]
-    if name != 'kernel' or module not in convs:
-      return False
-    return regularize_depthwise or module not in depthwise
-
-  def is_conv_bias(key: tuple) -> bool:
-    return key[-1] == 'bias' and key[:-1] in convs
-
-  return is_decayed, is_conv_bias
-
-
 # ------------------------------------------------------------ train step
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict,
-                    is_decayed: Callable[[tuple], bool],
-                    is_conv_bias: Callable[[tuple], bool],
+                    masks: optim.ParameterMasks,
                     schedule: optax.Schedule) -> Callable:
-  """The (unjitted) train step: (state, batch) -> (state, metrics)."""
-  t, d = config.train, config.data
+  """The (unjitted) train step: (state, batch) -> (state, metrics).
 
-  def l2_of(params) -> jax.Array:
-    terms = []
-    jax.tree_util.tree_map_with_path(
-        lambda p, w: terms.append(jnp.sum(jnp.square(w)))
-        if is_decayed(checkpoints._key_path(p)) else None, params)  # pylint: disable=protected-access
-    return 0.5 * t.weight_decay * sum(terms) if terms else jnp.float32(0)
+  The L2 term and the bias multiplier live in `tx` (masked transforms);
+  the L2 loss is computed here only to report it (and for the plateau).
+  """
+  t = config.train
+  ignore_label = dataset_spec(config.data.dataset).ignore_label
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     labels = batch['label'].astype(jnp.int32)
     dropout_key = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params):
+      # The L2 term is in the optimizer (its gradient, masked): outside the
+      # differentiated loss, it is reported and drives the plateau.
       model = nnx.merge(graphdef, params, state.batch_stats, copy=True)
       if t.freeze_batch_norm:
         model = nnx.view(model, use_running_average=True)
       logits = model(batch['image'], rngs=nnx.Rngs(dropout=dropout_key))
       cross_entropy = losses.softmax_cross_entropy(
-          logits, labels, ignore_label=d.ignore_label,
+          logits, labels, ignore_label=ignore_label,
           top_k_percent_pixels=t.top_k_percent_pixels,
           hard_example_mining_step=t.hard_example_mining_step,
           step=state.step)
-      weight_decay = l2_of(params)
       new_stats = nnx.state(model, nnx.BatchStat)
-      return cross_entropy + weight_decay, (cross_entropy, weight_decay,
-                                            logits, new_stats)
+      return cross_entropy, (logits, new_stats)
 
-    (loss, (cross_entropy, weight_decay, logits, new_stats)), grads = (
+    (cross_entropy, (logits, new_stats)), grads = (
         jax.value_and_grad(loss_fn, has_aux=True)(state.params))
-    if t.bias_lr_multiplier != 1.0:  # Reference: biases learn 2x faster.
-      grads = jax.tree_util.tree_map_with_path(
-          lambda p, g: g * t.bias_lr_multiplier
-          if is_conv_bias(checkpoints._key_path(p)) else g, grads)  # pylint: disable=protected-access
+    weight_decay = optim.l2_loss(state.params, masks.weight_decay,
+                                 t.weight_decay)
+    loss = cross_entropy + weight_decay
     updates, opt_state = tx.update(grads, state.opt_state, state.params,
                                    value=loss)
     params = optax.apply_updates(state.params, updates)
@@ -170,7 +90,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     # A non-finite loss leaves the state untouched; the loop then stops.
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                              new_state, state)
-    valid = labels != d.ignore_label
+    valid = labels != ignore_label
     correct = (jnp.argmax(logits, -1) == labels) & valid
     metrics = {
         'loss': loss,
@@ -188,14 +108,6 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 # ---------------------------------------------------------------- setup
 
 
-def num_train_steps(config: ml_collections.ConfigDict,
-                    num_examples: int) -> int:
-  t = config.train
-  if t.num_epochs is not None:
-    return max(1, math.ceil(t.num_epochs * num_examples / t.batch_size))
-  return t.num_steps
-
-
 class Trainer:
   """Model, optimizer, sharded jitted step and state for one config.
 
@@ -211,18 +123,18 @@ class Trainer:
     model = create_model(config.model, rngs=nnx.Rngs(config.seed))
     self.graphdef, params, batch_stats = nnx.split(model, nnx.Param,
                                                    nnx.BatchStat)
-    self.tx = create_optimizer(config.train, num_steps)
-    self.schedule = learning_rate_schedule(config.train, num_steps)
-    is_decayed, is_conv_bias = parameter_groups(
-        model, config.train.regularize_depthwise)
+    self.masks = optim.parameter_masks(model, params,
+                                       config.train.regularize_depthwise)
+    self.tx = optim.create_optimizer(config.train, num_steps, self.masks)
+    self.schedule = optim.learning_rate_schedule(config.train, num_steps)
     self.state = TrainState(
         step=jnp.zeros((), jnp.int32), params=params,
         batch_stats=batch_stats, opt_state=self.tx.init(params),
         rng=jax.random.PRNGKey(config.seed + 1))
     self.replicated = distributed.replicated(self.mesh)
     self.data_sharding = distributed.data_sharding(self.mesh)
-    step_fn = make_train_step(self.graphdef, self.tx, config, is_decayed,
-                              is_conv_bias, self.schedule)
+    step_fn = make_train_step(self.graphdef, self.tx, config, self.masks,
+                              self.schedule)
     self.train_step = jax.jit(
         step_fn, in_shardings=(self.replicated, self.data_sharding),
         out_shardings=(self.replicated, self.replicated), donate_argnums=0)
@@ -237,7 +149,6 @@ class Trainer:
   def load_weights(self, source: str, scope: str) -> dict:
     """config.train.init_from: weights only, from a checkpoint or a
     pretrained source (see deeplab_jax.weights)."""
-    from deeplab_jax.weights import pretrained  # pylint: disable=g-import-not-at-top
     weights = pretrained.read_init_weights(source, self.config)
     params, batch_stats, report = checkpoints.copy_matching(
         self.state.params, self.state.batch_stats, weights, scope=scope)
@@ -328,7 +239,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   local_batch_size = distributed.per_process_batch_size(
       config.train.batch_size, mesh)
   source = pipeline.data_source(config.data, config.data.train_split)
-  num_steps = num_train_steps(config, len(source))
+  num_steps = optim.num_train_steps(config.train, len(source))
   trainer = Trainer(config, num_steps, mesh)
   checkpointer = checkpoints.Checkpointer(
       workdir, max_to_keep=config.train.keep_checkpoints)
@@ -367,6 +278,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
       data_iterator,
       lambda batch: distributed.to_global(batch, trainer.data_sharding))
 
+  # Built once: every evaluation during training reuses its compiled step.
+  evaluator = (evaluate.Evaluator(config) if config.train.eval_every_steps
+               else None)
   step = int(trainer.state.step)
   logging.info('Training %s from step %d to %d, global batch %d on %d '
                'device(s).', config.model.head.type, step, num_steps,
@@ -406,10 +320,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           logging.warning(message)
           print(message, flush=True)
           break
-        if t.eval_every_steps and step % t.eval_every_steps == 0:
-          from deeplab_jax import evaluate  # pylint: disable=g-import-not-at-top
-          summary = evaluate.evaluate_state(config, trainer, workdir,
-                                            step=step, writer=writer)
+        if evaluator is not None and step % t.eval_every_steps == 0:
+          summary = evaluator.evaluate(
+              (trainer.state.params, trainer.state.batch_stats),
+              workdir=workdir, step=step, writer=writer)
           last_logged['eval'] = {k: summary[k] for k in
                                  ('miou', 'pixel_accuracy', 'images', 'step')}
   finally:

@@ -1,38 +1,41 @@
-"""Pictures: VOC-palette masks, overlays, result panels, confusion matrix."""
+"""Pictures: palette masks, overlays, result panels, confusion matrix.
+
+Every function that colours class ids takes the dataset's palette
+(`DatasetSpec.palette`, [256, 3] uint8, the ignore label's colour included).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
-
-from deeplab_jax.data.voc import color_map
-
-PALETTE = color_map()
+from PIL import Image
 
 
-def colorize(mask: np.ndarray) -> np.ndarray:
-  """[H, W] class ids -> [H, W, 3] uint8 in the VOC palette (255 -> cream)."""
-  return PALETTE[np.asarray(mask, np.uint8)]
+def colorize(mask: np.ndarray, palette: np.ndarray) -> np.ndarray:
+  """[H, W] class ids -> [H, W, 3] uint8 colours of `palette`."""
+  return np.asarray(palette, np.uint8)[np.asarray(mask, np.uint8)]
 
 
-def overlay(image: np.ndarray, mask: np.ndarray,
+def overlay(image: np.ndarray, mask: np.ndarray, palette: np.ndarray,
             alpha: float = 0.5) -> np.ndarray:
   """The image with the colour mask blended over non-background pixels."""
   image = np.asarray(image, np.float32)
-  colors = colorize(mask).astype(np.float32)
+  colors = colorize(mask, palette).astype(np.float32)
   blend = np.where((np.asarray(mask) > 0)[..., None],
                    (1 - alpha) * image + alpha * colors, image)
   return np.clip(blend + 0.5, 0, 255).astype(np.uint8)
 
 
 def result_panel(image: np.ndarray, truth: np.ndarray | None,
-                 prediction: np.ndarray, gap: int = 4) -> np.ndarray:
+                 prediction: np.ndarray, *, palette: np.ndarray,
+                 gap: int = 4) -> np.ndarray:
   """image | ground truth | prediction | overlay, side by side (uint8)."""
   parts = [np.asarray(image, np.uint8)]
   if truth is not None:
-    parts.append(colorize(truth))
-  parts += [colorize(prediction), overlay(image, prediction)]
+    parts.append(colorize(truth, palette))
+  parts += [colorize(prediction, palette),
+            overlay(image, prediction, palette)]
   height = parts[0].shape[0]
   spacer = np.full((height, gap, 3), 255, np.uint8)
   row = []
@@ -42,22 +45,22 @@ def result_panel(image: np.ndarray, truth: np.ndarray | None,
 
 
 def save_png(array: np.ndarray, path) -> None:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   Image.fromarray(np.asarray(array, np.uint8)).save(str(path))
 
 
-def save_mask_png(mask: np.ndarray, path) -> None:
-  """A palette PNG whose pixel values are the class ids (VOC format)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+def save_mask_png(mask: np.ndarray, path, palette: np.ndarray) -> None:
+  """A palette PNG whose pixel values are the class ids (VOC's format),
+  shown in `palette`'s colours."""
   image = Image.fromarray(np.asarray(mask, np.uint8), mode='P')
-  image.putpalette(PALETTE.reshape(-1).tolist())
+  image.putpalette(np.asarray(palette, np.uint8).reshape(-1).tolist())
   image.save(str(path))
 
 
-def legend_patches(class_ids, class_names: Sequence[str]):
+def legend_patches(class_ids, class_names: Sequence[str],
+                   palette: np.ndarray):
   """matplotlib legend handles: one palette-coloured patch per class id."""
   from matplotlib.patches import Patch  # pylint: disable=g-import-not-at-top
-  return [Patch(color=PALETTE[int(i)] / 255.0,
+  return [Patch(color=np.asarray(palette)[int(i)] / 255.0,
                 label=class_names[int(i)] if int(i) < len(class_names)
                 else 'ignore')
           for i in class_ids]

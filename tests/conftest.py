@@ -133,3 +133,23 @@ def voc_prepared(voc_sample_dir, tmp_path_factory):
   data_dir = tmp_path_factory.mktemp('tfds_voc')
   config = voc_config(data_dir, voc_sample_dir.parent)
   return config, pipeline.prepare_dataset(config.data)
+
+
+def voc_train_config(data_dir, manual_dir, **train_overrides):
+  """A tiny model training on the VOC sample's TFDS build (65 crops)."""
+  from deeplab_jax.config import default_config  # pylint: disable=g-import-not-at-top
+  config = default_config()
+  config.model = tiny_model_config()
+  config.data.dataset = 'voc2012'
+  config.data.data_dir = str(data_dir)
+  config.data.manual_dir = str(manual_dir)
+  config.data.crop_size = 65
+  config.data.num_workers = 0
+  config.train.batch_size = 4
+  config.train.learning_rate = 0.05
+  config.train.num_steps = 30
+  config.train.log_every_steps = 5
+  config.train.checkpoint_every_steps = 2
+  for key, value in train_overrides.items():
+    config.train[key] = value
+  return config

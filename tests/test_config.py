@@ -1,30 +1,57 @@
 """Config validation: every bad value gets one message naming key and fix."""
 
-import importlib.util
 import pathlib
+import re
 import subprocess
 import sys
 
 import pytest
 
-from deeplab_jax.config import (default_config, diagnose_override,
+from deeplab_jax.cli import diagnose_override
+from deeplab_jax.config import (RULES, default_config, load_config_file,
                                 validate_config)
+from deeplab_jax.data.datasets import check_num_classes
 from deeplab_jax.errors import ConfigError
+from deeplab_jax.models import backbones
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_FILES = sorted((REPO / 'configs').glob('*.py'))
 
 
 def _load(path):
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return load_config_file(str(path))
 
 
 @pytest.mark.parametrize('path', CONFIG_FILES, ids=lambda p: p.name)
-def test_every_shipped_config_is_valid(path):
-  validate_config(_load(path))
+def test_every_shipped_config_is_valid_and_says_what_it_gives(path):
+  config = _load(path)  # load_config_file validates.
+  assert config.model.backbone.name in backbones.BACKBONES
+  # big_vision-style docstrings: the command, the machine, the result.
+  doc = path.read_text().split('"""')[1]
+  assert 'python main.py --config=configs/' + path.name in doc, path
+  assert re.search(r'[Mm]easured', doc), f'{path.name}: no measured result'
+
+
+def _leaf_keys(config, prefix=''):
+  for key, value in config.items():
+    if hasattr(value, 'items') and key != 'backbone':
+      yield from _leaf_keys(value, f'{prefix}{key}.')
+    elif key not in ('backbone', 'dpc_branches'):
+      yield f'{prefix}{key}'
+
+
+def test_every_scalar_key_has_a_validation_rule():
+  """A key added to the schema without a rule would go unchecked."""
+  ruled = {key for key, _ in RULES}
+  unchecked = {'model.classifier_use_bias', 'model.bn_scale',
+               'model.head.image_pooling', 'model.head.dropout_on_concat',
+               'model.head.dropout_on_projection', 'data.data_dir',
+               'data.manual_dir', 'data.train_split', 'data.eval_split',
+               'data.random_flip', 'train.regularize_depthwise',
+               'train.freeze_batch_norm', 'train.init_from',
+               'eval.resize_to_crop', 'eval.flip'}  # Booleans and paths.
+  missing = set(_leaf_keys(default_config())) - ruled - unchecked
+  assert not missing, missing
 
 
 def test_seed_config_maps_the_seed_json():
@@ -68,7 +95,12 @@ def _bad(**changes):
     ('eval.output_stride', 4, ['config.eval.output_stride', '4']),
     ('train.optimizer', 'lamb', ['config.train.optimizer', "'sgd'"]),
     ('train.batch_size', 0, ['config.train.batch_size', '>= 1']),
-    ('data.ignore_label', 5, ['config.data.ignore_label', '255']),
+    ('model.backbone.name', 'resnet_v1_9', ['config.model.backbone.name',
+                                            "'mobilenet_v2'"]),
+    ('train.end_learning_rate', 0.1, ['config.train.end_learning_rate',
+                                      '0.007']),
+    ('data.max_scale', 0.25, ['config.data.max_scale', '[0.5, 100.0]']),
+    ('train.num_epochs', -1.0, ['config.train.num_epochs', '-1.0']),
     ('eval.scales', (), ['config.eval.scales']),
 ])
 def test_bad_values_are_named_with_allowed_values(key, value, fragments):
@@ -148,22 +180,54 @@ def test_main_reports_bad_value_without_traceback():
   assert 'Traceback' not in result.stderr
 
 
+def _rows(text):
+  """{module: (params, bn stats, total)} of a --mode=summary table."""
+  rows = {}
+  for line in text.splitlines():
+    parts = line.split()
+    if len(parts) == 4 and parts[1].replace(',', '').isdigit():
+      rows[parts[0]] = tuple(int(p.replace(',', '')) for p in parts[1:])
+  return rows
+
+
 def test_main_summary_prints_parameter_counts():
   result = subprocess.run(
       [sys.executable, 'main.py', '--config=configs/voc.py', '--mode=summary'],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
-  assert '1,843,264' in result.stdout  # The MobileNetV2 1.0 backbone.
-  for module in ('backbone', 'head', 'decoder', 'logits'):
-    assert module in result.stdout
+  model_table, backbone_table = result.stdout.split('\n\n')[:2]
+  rows = _rows(model_table)
+  # The published counts of configs/voc.py (README, "The model"): the
+  # backbone is Keras's MobileNetV2 1.0 without its final 1280-channel conv.
+  assert rows['backbone'] == (1_811_712, 31_552, 1_843_264)
+  assert rows['head'][2] == 755_904
+  assert rows['decoder'][2] == 159_792
+  assert rows['logits'] == (5_397, 0, 5_397)
+  assert rows['total'][2] == 2_764_357
+  assert rows['total'][2] == sum(
+      v[2] for k, v in rows.items() if k != 'total')
+  blocks = _rows(backbone_table)
+  assert blocks['total'] == rows['backbone']  # Per backbone module.
+  assert 'stem' in blocks and 'blocks' in blocks
 
 
 def test_num_classes_must_fit_the_dataset():
-  from deeplab_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   config = default_config()
   config.data.dataset = 'demo'
   with pytest.raises(ConfigError, match=r'num_classes = 21, but demo has 4 '
                      r'classes \(background, disk, square, triangle\)'):
-    pipeline.check_num_classes(config)
+    check_num_classes(config)
   config.model.num_classes = 4
-  pipeline.check_num_classes(config)
+  check_num_classes(config)
+
+
+def test_backbone_keys_are_the_backbones_own():
+  config = default_config()
+  assert set(config.model.backbone.keys()) == set(
+      backbones.backbone_config('mobilenet_v2').keys())
+  config.model.backbone.name = 'mobilenet_v2'
+  config.model.backbone.multi_grid = (1, 2, 4)  # Another backbone's key.
+  with pytest.raises(ConfigError, match=r"config.model.backbone has keys "
+                     r"\['multi_grid'\] that backbone 'mobilenet_v2' does "
+                     r'not take.*backbone_config'):
+    validate_config(config)

@@ -1,39 +1,78 @@
-"""A short real-data run on the VOC sample: the loss falls; evaluation and
-prediction write their files; evaluation groups shapes correctly."""
+"""A short real-data run on the VOC sample: the loss falls; evaluation
+during training, after it and under --follow compiles once and writes its
+files; prediction writes its files; evaluation groups shapes correctly."""
 
 import json
 import pathlib
 import shutil
+import threading
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from deeplab_jax import cli, evaluate
+from flax import nnx
+
+from deeplab_jax import checkpoints, cli, evaluate
+from deeplab_jax.models import create_model
+from deeplab_jax.weights import pretrained
 from deeplab_jax.data import voc
-from tests.test_train import _voc_train_config
+from deeplab_jax.errors import CheckpointError
+from tests.conftest import voc_train_config
 
 
 @pytest.fixture(scope='module')
 def voc_run(voc_prepared, tmp_path_factory):
-  """30 steps on the 26 VOC sample training images, then the config."""
+  """30 steps on the 26 VOC sample training images, evaluated on the 6
+  val images at steps 15 and 30; then the config."""
   config, _ = voc_prepared
-  # The same program as test_train's resume test: one compile for both.
-  config = _voc_train_config(config.data.data_dir, config.data.manual_dir)
-  config.train.checkpoint_every_steps = 30
+  # The same train program as test_train's resume test: one compile.
+  config = voc_train_config(config.data.data_dir, config.data.manual_dir)
+  config.train.checkpoint_every_steps = 15
+  config.train.eval_every_steps = 15
+  config.eval.scales = (1.0,)
+  config.eval.flip = False
+  config.eval.num_result_images = 2
   workdir = tmp_path_factory.mktemp('voc_run')
   result = cli.run(config, mode='train', workdir=str(workdir))
   return config, workdir, result
 
 
-def _logged(workdir, tag):
-  """The values clu wrote to TensorBoard under `tag`, in step order."""
+def _metrics(workdir, step):
+  return json.loads((workdir / 'eval' / f'metrics_{step}.json').read_text())
+
+
+def test_evaluation_during_training_compiles_once(voc_run):
+  config, workdir, result = voc_run
+  first, second = _metrics(workdir, 15), _metrics(workdir, 30)
+  assert (first['step'], second['step']) == (15, 30)
+  assert first['images'] == second['images'] == 6
+  # New weights, the same Evaluator: nothing is traced or compiled again.
+  assert second['compiles'] == 0, second['compiles']
+  assert second['compile_seconds'] == 0.0
+  assert result['eval']['step'] == 30
+  assert result['eval']['miou'] == pytest.approx(second['miou'])
+  # TensorBoard has the eval scalars of both steps.
+  assert [int(s) for s in _steps(workdir, 'eval/miou')] == [15, 30]
+
+
+def _events(workdir, tag):
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
-  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
   accumulator = event_accumulator.EventAccumulator(str(workdir))
   accumulator.Reload()
+  return accumulator.Tensors(tag)
+
+
+def _logged(workdir, tag):
+  """The values clu wrote to TensorBoard under `tag`, in step order."""
+  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
   return [float(tensor_util.make_ndarray(e.tensor_proto))
-          for e in accumulator.Tensors(tag)]
+          for e in _events(workdir, tag)]
+
+
+def _steps(workdir, tag):
+  return [e.step for e in _events(workdir, tag)]
 
 
 def test_short_training_on_real_voc_lowers_the_loss(voc_run):
@@ -58,9 +97,17 @@ def test_evaluation_writes_metrics_confusion_and_images(voc_run):
   written = json.loads((workdir / 'eval' / 'metrics.json').read_text())
   assert written['images'] == 6 and written['step'] == 30
   assert set(written['per_class_iou']) == set(voc.CLASS_NAMES)
-  assert 0.0 <= written['miou'] <= 1.0
-  assert written['pixel_accuracy'] > 0.3  # Background dominates.
   assert written['miou'] == pytest.approx(summary['miou'])
+  # mIoU and accuracy follow from the written confusion matrix (rows: truth).
+  confusion = np.asarray(written['confusion_matrix'], np.float64)
+  tp = np.diag(confusion)
+  union = confusion.sum(0) + confusion.sum(1) - tp
+  present = confusion.sum(1) > 0
+  assert written['miou'] == pytest.approx(np.mean(tp[present] /
+                                                  union[present]))
+  assert written['pixel_accuracy'] == pytest.approx(tp.sum() /
+                                                    confusion.sum())
+  assert written['pixel_accuracy'] > 0.3  # Background dominates.
   # The confusion matrix counts exactly the labelled pixels of the 6 images.
   labelled = 0
   sample = pathlib.Path(config.data.manual_dir) / 'VOCdevkit' / 'VOC2012'
@@ -109,3 +156,90 @@ def test_batches_group_equal_shapes_only():
   groups = list(evaluate.batches_by_shape(iter(examples), batch_size=2))
   assert [len(g) for g in groups] == [2, 1, 2, 1]
   assert all(len({e['image'].shape for e in g}) == 1 for g in groups)
+
+
+def test_follow_evaluates_each_new_checkpoint_with_one_compile(voc_run,
+                                                               tmp_path):
+  """--follow on a workdir that gets step 15, then step 30 (the final step)
+  while it waits: both are evaluated, the second without compiling, and it
+  returns after the final step."""
+  config, workdir, _ = voc_run
+  config = config.copy_and_resolve_references()
+  follower_dir = tmp_path / 'follow'
+  source = workdir / 'checkpoints'
+
+  def publish(step):  # Atomically, as orbax finalises a step.
+    shutil.copytree(source / str(step), follower_dir / 'checkpoints' /
+                    f'.tmp{step}')
+    (follower_dir / 'checkpoints' / f'.tmp{step}').rename(
+        follower_dir / 'checkpoints' / str(step))
+
+  (follower_dir / 'checkpoints').mkdir(parents=True)
+  publish(15)
+  result = {}
+  thread = threading.Thread(target=lambda: result.update(
+      summary=evaluate.follow(config, str(follower_dir), poll_seconds=0.2,
+                              timeout_seconds=300)))
+  thread.start()
+  deadline = time.time() + 300
+  while not (follower_dir / 'eval' / 'metrics_15.json').exists():
+    assert thread.is_alive() and time.time() < deadline
+    time.sleep(0.2)
+  publish(30)
+  thread.join(timeout=300)
+  assert not thread.is_alive()
+  assert result['summary']['step'] == 30
+  second = _metrics(follower_dir, 30)
+  assert second['compiles'] == 0
+  # Each checkpoint's own weights were evaluated.
+  assert second['confusion_matrix'] == _metrics(workdir, 30)[
+      'confusion_matrix']
+  assert _metrics(follower_dir, 15)['confusion_matrix'] == _metrics(
+      workdir, 15)['confusion_matrix']
+
+
+def test_one_evaluator_scores_new_weights_without_compiling(voc_run):
+  """Two different models through one Evaluator: the second compiles
+  nothing and scores exactly as a fresh Evaluator does."""
+  config, _, _ = voc_run
+  config = config.copy_and_resolve_references()
+  config.eval.num_result_images = 0
+  evaluator = evaluate.Evaluator(config)
+  models = [create_model(config.model, rngs=nnx.Rngs(seed))
+            for seed in (1, 2)]
+  first = evaluator.evaluate(models[0], workdir=None)
+  second = evaluator.evaluate(models[1], workdir=None)
+  assert second['compiles'] == 0
+  assert first['confusion_matrix'] != second['confusion_matrix']
+  fresh = evaluate.Evaluator(config).evaluate(models[1], workdir=None)
+  assert fresh['confusion_matrix'] == second['confusion_matrix']
+
+
+def test_init_from_a_workdir_loads_every_array(voc_run):
+  config, workdir, _ = voc_run
+  model = create_model(config.model, rngs=nnx.Rngs(7))
+  report = pretrained.load_into_model(model, str(workdir), config)
+  expected = checkpoints.read_weights(workdir)  # The newest step, 30.
+  assert report['loaded'] == len(expected) and not report['skipped']
+  for key, value in checkpoints.module_weights(model).items():
+    np.testing.assert_array_equal(value, expected[key])
+
+
+def test_restore_model_reads_weights_only(voc_run):
+  """The inference loader restores parameters and BatchNorm statistics
+  without the optimizer: it works under a config with another optimizer
+  (whose state would not fit) and gives the checkpoint's exact arrays."""
+  config, workdir, _ = voc_run
+  config = config.copy_and_resolve_references()
+  config.train.optimizer = 'adam'
+  config.train.reduce_on_plateau_factor = 0.5
+  model, step = checkpoints.restore_model(config, str(workdir))
+  assert step == 30
+  assert model.backbone.output_stride == config.eval.output_stride
+  saved = checkpoints.read_weights(workdir / 'checkpoints' / '30')
+  restored = checkpoints.module_weights(model)
+  assert restored.keys() == saved.keys()
+  for key, value in saved.items():
+    np.testing.assert_array_equal(restored[key], value)
+  with pytest.raises(CheckpointError, match='No checkpoint'):
+    checkpoints.restore_model(config, str(workdir / 'nothing'))

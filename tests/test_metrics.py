@@ -25,7 +25,8 @@ def test_confusion_matrix_and_iou_match_numpy_with_ignore_pixels():
                          np.where(labels == 255, 0, labels),
                          rng.integers(0, num_classes, size=labels.shape))
   cm = np.asarray(metrics.confusion_matrix(jnp.asarray(predictions),
-                                           jnp.asarray(labels), num_classes))
+                                           jnp.asarray(labels), num_classes,
+                                           ignore_label=255))
   expected = _numpy_confusion(predictions, labels, num_classes)
   np.testing.assert_array_equal(cm, expected)
   assert cm.sum() == (labels != 255).sum()
@@ -60,11 +61,12 @@ def test_cross_entropy_ignores_255_and_averages_labelled_pixels():
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   expected = -np.mean(np.take_along_axis(
       log_probs, np.where(keep, labels, 0)[..., None], -1)[..., 0][keep])
-  got = losses.softmax_cross_entropy(jnp.asarray(logits), jnp.asarray(labels))
+  got = losses.softmax_cross_entropy(jnp.asarray(logits), jnp.asarray(labels),
+                                     ignore_label=255)
   assert float(got) == pytest.approx(expected, rel=1e-5)
   all_ignored = np.full((2, 5, 7), 255)
   assert float(losses.softmax_cross_entropy(
-      jnp.asarray(logits), jnp.asarray(all_ignored))) == 0.0
+      jnp.asarray(logits), jnp.asarray(all_ignored), ignore_label=255)) == 0.0
 
 
 def test_hard_pixel_mining_keeps_the_largest_losses():
@@ -75,10 +77,11 @@ def test_hard_pixel_mining_keeps_the_largest_losses():
       jnp.asarray(logits), jnp.asarray(labels))).reshape(-1)
   top = np.sort(pixel)[::-1][:25]
   got = losses.softmax_cross_entropy(jnp.asarray(logits), jnp.asarray(labels),
+                                     ignore_label=255,
                                      top_k_percent_pixels=0.25)
   assert float(got) == pytest.approx(top.mean(), rel=1e-5)
   # Annealing: at step 0 of 100 every pixel counts.
   start = losses.softmax_cross_entropy(
-      jnp.asarray(logits), jnp.asarray(labels), top_k_percent_pixels=0.25,
-      hard_example_mining_step=100, step=0)
+      jnp.asarray(logits), jnp.asarray(labels), ignore_label=255,
+      top_k_percent_pixels=0.25, hard_example_mining_step=100, step=0)
   assert float(start) == pytest.approx(pixel.mean(), rel=1e-5)

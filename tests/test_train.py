@@ -11,11 +11,12 @@ import time
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from deeplab_jax import checkpoints, losses, train
 from deeplab_jax.config import default_config
 from deeplab_jax.errors import NonFiniteLossError
-from tests.conftest import tiny_model_config
+from tests.conftest import tiny_model_config, voc_train_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -76,42 +77,39 @@ def _free_port():
     return s.getsockname()[1]
 
 
+def _two_process_step(tmp_path, attempts=3):
+  """Both processes of a 2-process cluster; a fresh port on each attempt,
+  since another program may take the free port before the coordinator
+  binds it."""
+  for attempt in range(attempts):
+    coordinator = f'127.0.0.1:{_free_port()}'
+    runs = [
+        _one_step(tmp_path, f'process{i}', '--num_processes=2',
+                  f'--process_id={i}', f'--coordinator={coordinator}')
+        for i in range(2)
+    ]
+    outputs = [process.communicate(timeout=600)[0] for _, process in runs]
+    if all(process.returncode == 0 for _, process in runs):
+      return runs, outputs
+    if attempt + 1 == attempts or not any(
+        'in use' in out.lower() or 'bind' in out.lower() for out in outputs):
+      pytest.fail('\n'.join(out[-3000:] for out in outputs))
+  raise AssertionError('unreachable')
+
+
 def test_two_processes_form_one_cluster_and_agree(one_device_step, tmp_path):
-  coordinator = f'127.0.0.1:{_free_port()}'
-  runs = [
-      _one_step(tmp_path, f'process{i}', '--num_processes=2',
-                f'--process_id={i}', f'--coordinator={coordinator}')
-      for i in range(2)
-  ]
-  for (_, process) in runs:
-    assert 'devices 2' in _wait(process)
+  runs, outputs = _two_process_step(tmp_path)
+  for output in outputs:
+    assert 'devices 2' in output
   _assert_same_step(runs[0][0], runs[1][0], atol=0.0)  # Bit-identical.
   # Two hosts, each with its half of the batch == one device with all of it.
   _assert_same_step(runs[0][0], one_device_step)
 
 
-def _voc_train_config(data_dir, manual_dir, **train_overrides):
-  config = default_config()
-  config.model = tiny_model_config()
-  config.data.dataset = 'voc2012'
-  config.data.data_dir = str(data_dir)
-  config.data.manual_dir = str(manual_dir)
-  config.data.crop_size = 65
-  config.data.num_workers = 0
-  config.train.batch_size = 4
-  config.train.learning_rate = 0.05
-  config.train.num_steps = 30
-  config.train.log_every_steps = 5
-  config.train.checkpoint_every_steps = 2
-  for key, value in train_overrides.items():
-    config.train[key] = value
-  return config
-
-
 @pytest.fixture(scope='module')
 def voc_config(voc_prepared):
   config, _ = voc_prepared
-  return _voc_train_config(config.data.data_dir, config.data.manual_dir)
+  return voc_train_config(config.data.data_dir, config.data.manual_dir)
 
 
 def _saved(workdir, step):
@@ -236,16 +234,37 @@ def test_indivisible_batch_is_one_clear_message(tmp_path):
   assert 'Traceback' not in result.stderr
 
 
-def test_learning_rate_schedules():
-  config = default_config().train
-  poly = train.learning_rate_schedule(config, 100)
-  assert float(poly(0)) == pytest.approx(0.007)
-  assert float(poly(50)) == pytest.approx(0.007 * 0.5 ** 0.9, rel=1e-5)
-  assert float(poly(100)) == pytest.approx(0.0, abs=1e-9)
-  config.warmup_steps = 10
-  warm = train.learning_rate_schedule(config, 100)
-  assert float(warm(5)) == pytest.approx(0.0035)
-  config.lr_schedule, config.inverse_time_decay, config.warmup_steps = (
-      'inverse_time', 0.01, 0)
-  inverse = train.learning_rate_schedule(config, 100)
-  assert float(inverse(100)) == pytest.approx(0.007 / 2)
+def test_frozen_batch_norm_trains_on_moving_statistics():
+  """freeze_batch_norm: the step normalises with the moving statistics
+  (so the loss equals the inference-mode loss) and leaves them unchanged;
+  unfrozen, the statistics move."""
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.uniform(-1, 1, (8, 33, 33, 3)).astype(np.float32),
+           'label': rng.integers(0, 5, (8, 33, 33)).astype(np.uint8)}
+  # Copies: the step donates the state's buffers.
+  stats = lambda t: {k: np.array(v) for k, v in
+                     checkpoints.flatten_state(t.state.batch_stats).items()}
+  # Unfrozen: tests.helpers.one_step's exact program (a compile-cache hit).
+  config = default_config()
+  config.model = tiny_model_config(**{'num_classes': 5})
+  config.train.batch_size = 8
+  config.train.learning_rate = 0.05
+  moving = train.Trainer(config, num_steps=10)
+  moving.place()
+  before = stats(moving)
+  moving.step(batch)
+  assert any(not np.array_equal(before[k], v)
+             for k, v in stats(moving).items())
+  # Frozen, without dropout: the step's loss is then the model's loss.
+  config.model.head.dropout_rate = 0.0
+  config.train.freeze_batch_norm = True
+  frozen = train.Trainer(config, num_steps=10)
+  frozen.place()
+  before = stats(frozen)
+  logits = nnx.view(frozen.model(), deterministic=True,
+                    use_running_average=True)(batch['image'])
+  expected = float(losses.softmax_cross_entropy(
+      logits, batch['label'].astype(np.int32), ignore_label=255))
+  metrics = frozen.step(batch)
+  assert all(np.array_equal(before[k], v) for k, v in stats(frozen).items())
+  assert float(metrics['cross_entropy']) == pytest.approx(expected, rel=1e-5)

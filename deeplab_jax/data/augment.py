@@ -3,7 +3,8 @@
 Training (reference `input_preprocess.preprocess_image_and_label`): random
 scale from {min, min + step, ..., max}, pad to the crop size (image with the
 mean pixel, label with the ignore label, at the bottom/right), random crop,
-random left-right flip, normalise to [-1, 1]. The crop is computed first and
+random left-right flip, normalise as the backbone says (its
+`Preprocessing`; MobileNetV2: [-1, 1]). The crop is computed first and
 only the part of the scaled image it covers is resampled (PIL's `box`), which
 gives the same pixels as scaling the whole image and then cropping, at a
 fraction of the cost for large scales.
@@ -24,8 +25,7 @@ import numpy as np
 from PIL import Image
 
 from deeplab_jax.data import voc
-
-MEAN_PIXEL = 127.5  # Normalises to 0: padding carries no signal.
+from deeplab_jax.models.backbones import Preprocessing
 
 
 def decode_image(data: bytes) -> Image.Image:
@@ -38,17 +38,6 @@ def decode_mask(data: bytes) -> np.ndarray:
   """[H, W] uint8 class ids from a PNG (palette or grey-level)."""
   mask = voc.read_mask(data)
   return mask[..., 0] if mask.ndim == 3 else mask
-
-
-def normalize(image: np.ndarray) -> np.ndarray:
-  """uint8 pixels -> float32 in [-1, 1] (x / 127.5 - 1), as the model expects."""
-  return np.asarray(image, np.float32) * np.float32(1 / MEAN_PIXEL) - 1.0
-
-
-def denormalize(image: np.ndarray) -> np.ndarray:
-  """The inverse of `normalize`, as uint8."""
-  return np.clip((np.asarray(image) + 1.0) * MEAN_PIXEL + 0.5, 0,
-                 255).astype(np.uint8)
 
 
 def sample_scale(rng: np.random.Generator, min_scale: float,
@@ -69,11 +58,19 @@ def _nearest_indices(start: int, count: int, step: float,
   return np.minimum(centres.astype(np.int64), size - 1)
 
 
+def _padded(shape: tuple[int, ...], preprocessing: Preprocessing
+            ) -> np.ndarray:
+  """A float32 image of `shape` filled with the backbone's normalised pad
+  value: the reference pads with the mean pixel, which is 0 once
+  normalised by (pixel - mean) / scale."""
+  return np.full(shape, preprocessing.pad_value, np.float32)
+
+
 def random_scale_crop_flip(image: Image.Image, mask: np.ndarray,
                            rng: np.random.Generator, *, crop_size: int,
+                           preprocessing: Preprocessing, ignore_label: int,
                            min_scale: float = 0.5, max_scale: float = 2.0,
-                           scale_step: float = 0.25, ignore_label: int = 255,
-                           flip: bool = True
+                           scale_step: float = 0.25, flip: bool = True
                            ) -> tuple[np.ndarray, np.ndarray]:
   """One training example.
 
@@ -82,12 +79,13 @@ def random_scale_crop_flip(image: Image.Image, mask: np.ndarray,
     mask: [H, W] uint8 class ids, same size.
     rng: numpy generator (grain gives one per record and epoch).
     crop_size: output height and width.
+    preprocessing: the backbone's input normalisation.
     min_scale, max_scale, scale_step: see `sample_scale`.
     ignore_label: label of padding.
     flip: random left-right flip with probability 0.5.
 
   Returns:
-    image [crop, crop, 3] float32 in [-1, 1]; label [crop, crop] uint8.
+    image [crop, crop, 3] float32, normalised; label [crop, crop] uint8.
   """
   width, height = image.size
   scale = sample_scale(rng, min_scale, max_scale, scale_step)
@@ -106,8 +104,9 @@ def random_scale_crop_flip(image: Image.Image, mask: np.ndarray,
   # bilinear: output pixel y samples source row floor((top + y + 0.5) * sy).
   rows = _nearest_indices(top, region_h, sy, height)
   cols = _nearest_indices(left, region_w, sx, width)
-  out_image = np.zeros((crop_size, crop_size, 3), np.float32)
-  out_image[:region_h, :region_w] = normalize(np.asarray(region))
+  out_image = _padded((crop_size, crop_size, 3), preprocessing)
+  out_image[:region_h, :region_w] = preprocessing.normalize(
+      np.asarray(region))
   out_label = np.full((crop_size, crop_size), ignore_label, np.uint8)
   out_label[:region_h, :region_w] = mask[rows[:, None], cols[None, :]]
   if flip and rng.random() < 0.5:
@@ -117,7 +116,8 @@ def random_scale_crop_flip(image: Image.Image, mask: np.ndarray,
 
 
 def pad_for_eval(image: np.ndarray, mask: np.ndarray, *, min_size: int,
-                 ignore_label: int = 255, multiple: int = 1
+                 preprocessing: Preprocessing, ignore_label: int,
+                 multiple: int = 1
                  ) -> tuple[np.ndarray, np.ndarray]:
   """Pads an example at the bottom/right to at least min_size x min_size.
 
@@ -126,25 +126,26 @@ def pad_for_eval(image: np.ndarray, mask: np.ndarray, *, min_size: int,
     mask: [H, W] uint8.
     min_size: the eval crop size; larger images keep their size, rounded up
       to `multiple`.
+    preprocessing: the backbone's input normalisation.
     ignore_label: label of the padding.
     multiple: padded sizes are rounded up to a multiple of this.
 
   Returns:
-    image [H', W', 3] float32 in [-1, 1] (padding = mean pixel = 0), label
+    image [H', W', 3] float32, normalised (padding = the mean pixel), label
     [H', W'] uint8 (padding = ignore_label).
   """
   h, w = mask.shape
   target_h = -(-max(h, min_size) // multiple) * multiple
   target_w = -(-max(w, min_size) // multiple) * multiple
-  out_image = np.zeros((target_h, target_w, 3), np.float32)
-  out_image[:h, :w] = normalize(image)
+  out_image = _padded((target_h, target_w, 3), preprocessing)
+  out_image[:h, :w] = preprocessing.normalize(image)
   out_label = np.full((target_h, target_w), ignore_label, np.uint8)
   out_label[:h, :w] = mask
   return out_image, out_label
 
 
-def fit_and_pad(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int,
-                                                                        int]]:
+def fit_and_pad(image: np.ndarray, size: int, preprocessing: Preprocessing
+                ) -> tuple[np.ndarray, tuple[int, int]]:
   """Resizes an image so that its longer side is at most `size` (keeping its
   aspect ratio, PIL bilinear) and pads it to size x size at the bottom/right.
 
@@ -153,10 +154,11 @@ def fit_and_pad(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int,
   Args:
     image: [H, W, 3] uint8.
     size: the square input size.
+    preprocessing: the backbone's input normalisation.
 
   Returns:
-    ([size, size, 3] float32 in [-1, 1], padding = 0; (h, w) of the resized
-    image inside it).
+    ([size, size, 3] float32, normalised, padding = the mean pixel; (h, w) of
+    the resized image inside it).
   """
   height, width = image.shape[:2]
   factor = min(1.0, size / max(height, width))
@@ -164,6 +166,6 @@ def fit_and_pad(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int,
   if (new_h, new_w) != (height, width):
     image = np.asarray(Image.fromarray(image).resize((new_w, new_h),
                                                      Image.BILINEAR))
-  out = np.zeros((size, size, 3), np.float32)
-  out[:new_h, :new_w] = normalize(image)
+  out = _padded((size, size, 3), preprocessing)
+  out[:new_h, :new_w] = preprocessing.normalize(image)
   return out, (new_h, new_w)

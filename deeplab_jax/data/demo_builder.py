@@ -16,9 +16,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, ImageDraw
 
+from deeplab_jax.data.labels import IGNORE_LABEL, palette_with
+
 CLASS_NAMES = ('background', 'disk', 'square', 'triangle')
 NUM_CLASSES = len(CLASS_NAMES)
-IGNORE_LABEL = 255
+# Black background; red disks, green squares, blue triangles.
+PALETTE = palette_with([(0, 0, 0), (230, 25, 75), (60, 180, 75),
+                        (0, 130, 200)])
 IMAGE_SIZE = 128
 SPLIT_SIZES = {'train': 1024, 'validation': 128}
 _SPLIT_SEEDS = {'train': 0, 'validation': 1}

@@ -12,7 +12,6 @@ grain, with no TensorFlow at read time.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
@@ -20,52 +19,12 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from deeplab_jax.data import augment, demo_builder, voc
-from deeplab_jax.data import voc_builder
-from deeplab_jax.errors import ConfigError, DatasetError
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-  """What the rest of the code needs to know about a dataset."""
-  tfds_name: str
-  class_names: tuple[str, ...]
-  ignore_label: int = 255
-  needs_sbd: bool = False
-  downloads: bool = True
-
-  @property
-  def num_classes(self) -> int:
-    return len(self.class_names)
-
-
-DATASETS = {
-    'voc2012': DatasetSpec('voc_segmentation/voc2012', voc.CLASS_NAMES),
-    'voc2012_aug': DatasetSpec('voc_segmentation/voc2012_aug',
-                               voc.CLASS_NAMES, needs_sbd=True),
-    'demo': DatasetSpec('deeplab_demo_shapes', demo_builder.CLASS_NAMES,
-                        downloads=False),
-}
-# The builders register themselves with TFDS when their modules are imported.
-_BUILDERS = (voc_builder.VocSegmentation, demo_builder.DeeplabDemoShapes)
-
-
-def dataset_spec(name: str) -> DatasetSpec:
-  if name not in DATASETS:
-    raise DatasetError(f'Unknown dataset {name!r}: use one of '
-                       f'{", ".join(DATASETS)} (config.data.dataset).')
-  return DATASETS[name]
-
-
-def check_num_classes(config: Any) -> None:
-  """ConfigError unless config.model.num_classes fits config.data.dataset."""
-  spec = dataset_spec(config.data.dataset)
-  if config.model.num_classes != spec.num_classes:
-    raise ConfigError(
-        f'config.model.num_classes = {config.model.num_classes}, but '
-        f'{config.data.dataset} has {spec.num_classes} classes '
-        f'({", ".join(spec.class_names)}): set '
-        f'--config.model.num_classes={spec.num_classes}.')
+from deeplab_jax.data import augment
+from deeplab_jax.data.datasets import (DatasetSpec, check_manual_dir,
+                                       dataset_spec)
+from deeplab_jax.errors import DatasetError
+from deeplab_jax.models import backbones
+from deeplab_jax.models.backbones import Preprocessing
 
 
 def _dataset_error_in_chain(error: BaseException) -> DatasetError | None:
@@ -89,9 +48,7 @@ def prepare_dataset(data_config: Any) -> tfds.core.DatasetBuilder:
   """
   spec = dataset_spec(data_config.dataset)
   manual_dir = data_config.manual_dir
-  if manual_dir and spec.downloads:
-    voc_builder.check_manual_dir(os.path.expanduser(manual_dir),
-                                 spec.needs_sbd)
+  check_manual_dir(spec, manual_dir)
   builder = tfds.builder(spec.tfds_name, data_dir=data_config.data_dir,
                          file_format='array_record')
   try:
@@ -144,22 +101,26 @@ def _file_name(value: Any) -> str:
 class TrainAugment(grain.transforms.RandomMap):
   """Decode + random scale, crop, flip + normalise (see `augment`)."""
 
-  def __init__(self, *, crop_size: int, min_scale: float, max_scale: float,
-               scale_step: float, ignore_label: int, flip: bool):
+  def __init__(self, *, dataset: DatasetSpec, preprocessing: Preprocessing,
+               crop_size: int, min_scale: float, max_scale: float,
+               scale_step: float, flip: bool):
+    self.dataset = dataset
+    self.preprocessing = preprocessing
     self.crop_size = crop_size
     self.min_scale, self.max_scale, self.scale_step = (min_scale, max_scale,
                                                        scale_step)
-    self.ignore_label = ignore_label
     self.flip = flip
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator
                  ) -> dict[str, np.ndarray]:
     image = augment.decode_image(element['image'])
-    mask = augment.decode_mask(element['segmentation_mask'])
+    mask = self.dataset.map_labels(
+        augment.decode_mask(element['segmentation_mask']))
     image, label = augment.random_scale_crop_flip(
-        image, mask, rng, crop_size=self.crop_size, min_scale=self.min_scale,
+        image, mask, rng, crop_size=self.crop_size,
+        preprocessing=self.preprocessing, min_scale=self.min_scale,
         max_scale=self.max_scale, scale_step=self.scale_step,
-        ignore_label=self.ignore_label, flip=self.flip)
+        ignore_label=self.dataset.ignore_label, flip=self.flip)
     return {'image': image, 'label': label}
 
 
@@ -171,23 +132,27 @@ class EvalPad(grain.transforms.Map):
   resolution, and 'valid' gives the resized image's size in the square.
   """
 
-  def __init__(self, *, min_size: int, ignore_label: int,
-               resize: bool = False):
+  def __init__(self, *, dataset: DatasetSpec, preprocessing: Preprocessing,
+               min_size: int, resize: bool = False):
+    self.dataset = dataset
+    self.preprocessing = preprocessing
     self.min_size = min_size
-    self.ignore_label = ignore_label
     self.resize = resize
 
   def map(self, element: dict[str, Any]) -> dict[str, Any]:
     image = np.asarray(augment.decode_image(element['image']))
-    mask = augment.decode_mask(element['segmentation_mask'])
+    mask = self.dataset.map_labels(
+        augment.decode_mask(element['segmentation_mask']))
     height, width = mask.shape
     if self.resize:
-      padded, valid = augment.fit_and_pad(image, self.min_size)
+      padded, valid = augment.fit_and_pad(image, self.min_size,
+                                          self.preprocessing)
       label = mask
     else:
       padded, label = augment.pad_for_eval(
           image, mask, min_size=self.min_size,
-          ignore_label=self.ignore_label)
+          preprocessing=self.preprocessing,
+          ignore_label=self.dataset.ignore_label)
       valid = (height, width)
     return {
         'image': padded,
@@ -215,8 +180,8 @@ def train_loader(config: Any, *, batch_size: int | None = None,
     worker_count: grain worker processes; default config.data.num_workers.
 
   Returns:
-    A grain DataLoader yielding {'image': [B, crop, crop, 3] float32 in
-    [-1, 1], 'label': [B, crop, crop] uint8}.
+    A grain DataLoader yielding {'image': [B, crop, crop, 3] float32,
+    normalised as the backbone says, 'label': [B, crop, crop] uint8}.
   """
   import jax  # pylint: disable=g-import-not-at-top
   d = config.data
@@ -230,9 +195,11 @@ def train_loader(config: Any, *, batch_size: int | None = None,
       num_records=len(source), shard_options=shard_options, shuffle=True,
       num_epochs=None, seed=config.seed if seed is None else seed)
   operations = [
-      TrainAugment(crop_size=d.crop_size, min_scale=d.min_scale,
+      TrainAugment(dataset=dataset_spec(d.dataset),
+                   preprocessing=backbones.preprocessing(config.model),
+                   crop_size=d.crop_size, min_scale=d.min_scale,
                    max_scale=d.max_scale, scale_step=d.scale_step,
-                   ignore_label=d.ignore_label, flip=d.random_flip),
+                   flip=d.random_flip),
       grain.transforms.Batch(batch_size, drop_remainder=True),
   ]
   return _loader(source, sampler, operations, shard_options,
@@ -245,8 +212,9 @@ def eval_loader(config: Any, *, split: str | None = None, source=None,
                 worker_count: int | None = None) -> grain.DataLoader:
   """Every example of the eval split once, in order, padded, unbatched.
 
-  Yields {'image': [H', W', 3] float32, 'label': [H', W'] uint8 (padding =
-  ignore), 'height', 'width' (before padding), 'file_name'}.
+  Yields {'image': [H', W', 3] float32 (normalised), 'label': [H', W'] uint8
+  (padding = the dataset's ignore label), 'height', 'width' (before
+  padding), 'valid', 'file_name'}.
   """
   d = config.data
   if source is None:
@@ -256,8 +224,9 @@ def eval_loader(config: Any, *, split: str | None = None, source=None,
   sampler = grain.samplers.IndexSampler(
       num_records=len(source), shard_options=shard_options, shuffle=False,
       num_epochs=1, seed=0)
-  operations = [EvalPad(min_size=config.eval.crop_size,
-                        ignore_label=d.ignore_label,
+  operations = [EvalPad(dataset=dataset_spec(d.dataset),
+                        preprocessing=backbones.preprocessing(config.model),
+                        min_size=config.eval.crop_size,
                         resize=config.eval.resize_to_crop)]
   return _loader(source, sampler, operations, shard_options,
                  d.num_workers if worker_count is None else worker_count,

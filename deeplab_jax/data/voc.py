@@ -8,12 +8,13 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
+from deeplab_jax.data.labels import bit_interleaved_palette
+
 CLASS_NAMES = (
     'background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus',
     'car', 'cat', 'chair', 'cow', 'diningtable', 'dog', 'horse', 'motorbike',
     'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor')
 NUM_CLASSES = len(CLASS_NAMES)
-IGNORE_LABEL = 255
 
 VOC_URL = ('http://host.robots.ox.ac.uk/pascal/VOC/voc2012/'
            'VOCtrainval_11-May-2012.tar')
@@ -23,20 +24,10 @@ SBD_URL = ('http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/'
 SBD_TAR = 'benchmark.tgz'
 
 
-def color_map(n: int = 256) -> np.ndarray:
-  """The VOC colour map ([n, 3] uint8): the bit-interleaving of the devkit's
-  `VOClabelcolormap.m`. Index 255 (ignore) is (224, 224, 192)."""
-  cmap = np.zeros((n, 3), np.uint8)
-  for i in range(n):
-    r = g = b = 0
-    c = i
-    for j in range(8):
-      r |= ((c >> 0) & 1) << (7 - j)
-      g |= ((c >> 1) & 1) << (7 - j)
-      b |= ((c >> 2) & 1) << (7 - j)
-      c >>= 3
-    cmap[i] = (r, g, b)
-  return cmap
+def color_map() -> np.ndarray:
+  """The VOC palette ([256, 3] uint8): the devkit's bit-interleaved colour
+  map. Index 255 (ignore) is (224, 224, 192)."""
+  return bit_interleaved_palette(256)
 
 
 def read_mask(source: str | bytes | BinaryIO) -> np.ndarray:

@@ -36,6 +36,7 @@ from etils import epath
 from PIL import Image
 
 from deeplab_jax.data import voc
+from deeplab_jax.data.labels import IGNORE_LABEL
 from deeplab_jax.errors import DatasetError
 
 _CITATION = """\
@@ -63,7 +64,7 @@ For the voc2012_aug config also one of:
     val.txt}}.
 """
 
-ALLOWED_MASK_VALUES = frozenset(range(voc.NUM_CLASSES)) | {voc.IGNORE_LABEL}
+ALLOWED_MASK_VALUES = frozenset(range(voc.NUM_CLASSES)) | {IGNORE_LABEL}
 
 
 class VocSegmentationConfig(tfds.core.BuilderConfig):

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from deeplab_jax.models.heads import separable_tf_scopes
 from deeplab_jax.models.layers import (ConvBN, LayerOptions, SeparableConvBN,
                                        resize_bilinear)
 
@@ -35,6 +36,16 @@ class DeepLabV3PlusDecoder(nnx.Module):
     self.decoder_conv1 = SeparableConvBN(channels, channels, options=options,
                                          rngs=rngs)
     self.out_channels = channels
+
+  def tf_scopes(self) -> dict[str, ConvBN]:
+    """`decoder/feature_projection0`, `decoder/decoder_conv<j>_{depthwise,
+    pointwise}`: the reference's names."""
+    scopes = {'decoder/feature_projection0': self.feature_projection}
+    scopes.update(separable_tf_scopes('decoder/decoder_conv0',
+                                      self.decoder_conv0))
+    scopes.update(separable_tf_scopes('decoder/decoder_conv1',
+                                      self.decoder_conv1))
+    return scopes
 
   def __call__(self, encoder_out: Array, low_level: Array) -> Array:
     """[N, h, w, C] encoder output + [N, H/4, W/4, C_low] -> [N, H/4, W/4, 256]."""

@@ -8,13 +8,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from deeplab_jax.config import effective_rate_multiplier
+from deeplab_jax.models.backbones import Backbone, get_backbone
 from deeplab_jax.models.decoder import DeepLabV3PlusDecoder
-from deeplab_jax.models.heads import ASPP, DensePredictionCell, scale_rates
+from deeplab_jax.models.heads import (ASPP, DensePredictionCell,
+                                      effective_rate_multiplier, scale_rates)
 from deeplab_jax.models.layers import LayerOptions, resize_bilinear
-from deeplab_jax.models.mobilenet_v2 import MobileNetV2
 
 Array = jax.Array
+
+# The reference's scope of the classifier.
+LOGITS_TF_SCOPE = 'logits/semantic'
 
 DTYPES = {'float32': None, 'bfloat16': jnp.bfloat16}
 
@@ -28,7 +31,7 @@ class DeepLab(nnx.Module):
   and the argmax.
   """
 
-  def __init__(self, backbone: MobileNetV2,
+  def __init__(self, backbone: Backbone,
                head: ASPP | DensePredictionCell,
                decoder: DeepLabV3PlusDecoder | None, *, num_classes: int,
                classifier_kernel_size: int = 1,
@@ -50,7 +53,8 @@ class DeepLab(nnx.Module):
     """Per-pixel class logits.
 
     Args:
-      images: [N, H, W, 3] float, normalised to [-1, 1] (pixel / 127.5 - 1).
+      images: [N, H, W, 3] float32 RGB, normalised as the backbone's
+        `preprocessing` says (MobileNetV2: pixel / 127.5 - 1, in [-1, 1]).
       rngs: dropout randomness (needed only in training mode).
       upsample: resize the logits to [H, W]; False returns them at the
         decoder's stride (4) or the output stride.
@@ -66,6 +70,16 @@ class DeepLab(nnx.Module):
     if upsample:
       logits = resize_bilinear(logits, images.shape[1:3])
     return logits
+
+  def tf_scopes(self) -> dict[str, nnx.Module]:
+    """{reference TF scope: our ConvBN (or the classifier's nnx.Conv)} for
+    every convolution, which the TFLite and TF-checkpoint importers read."""
+    scopes = dict(self.backbone.tf_scopes())
+    scopes.update(self.head.tf_scopes())
+    if self.decoder is not None:
+      scopes.update(self.decoder.tf_scopes())
+    scopes[LOGITS_TF_SCOPE] = self.logits
+    return scopes
 
 
 def create_model(model_config: Any, *, output_stride: int | None = None,
@@ -85,16 +99,12 @@ def create_model(model_config: Any, *, output_stride: int | None = None,
   rngs = rngs if rngs is not None else nnx.Rngs(0)
   output_stride = output_stride or m.output_stride
   dtype = DTYPES[m.dtype]
-  backbone_options = LayerOptions(
-      bn_momentum=m.backbone.bn_momentum, bn_epsilon=m.backbone.bn_epsilon,
-      bn_scale=True, dtype=dtype, depthwise_impl=m.depthwise_impl)
   options = LayerOptions(
       bn_momentum=m.bn_momentum, bn_epsilon=m.bn_epsilon,
       bn_scale=m.bn_scale, dtype=dtype, depthwise_impl=m.depthwise_impl)
-  backbone = MobileNetV2(
-      depth_multiplier=m.backbone.depth_multiplier,
-      channel_rounding=m.backbone.channel_rounding,
-      output_stride=output_stride, options=backbone_options, rngs=rngs)
+  backbone = get_backbone(m.backbone.name).from_config(
+      m.backbone, output_stride=output_stride, dtype=dtype,
+      depthwise_impl=m.depthwise_impl, rngs=rngs)
   h = m.head
   multiplier = effective_rate_multiplier(h, output_stride)
   common = dict(

@@ -9,7 +9,7 @@
   reading the backbone features or an earlier branch.
 
 Rates passed in here are final dilation rates; `deeplab.create_model` scales
-the config's output-stride-16 rates.
+the config's output-stride-16 rates with `effective_rate_multiplier`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,27 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from deeplab_jax.errors import WeightImportError
 from deeplab_jax.models.layers import (ConvBN, LayerOptions, SeparableConvBN,
                                        resize_bilinear)
 
 Array = jax.Array
+
+
+def effective_rate_multiplier(head_config: Any, output_stride: int) -> float:
+  """The factor applied to ASPP/DPC rates, which are given at OS 16:
+  `conv_rate_multiplier` when set, else 16 / output_stride."""
+  if head_config.conv_rate_multiplier is not None:
+    return float(head_config.conv_rate_multiplier)
+  return 16.0 / output_stride
+
+
+def separable_tf_scopes(prefix: str, layer: SeparableConvBN
+                        ) -> dict[str, ConvBN]:
+  """The reference names a split separable conv `<prefix>_depthwise` and
+  `<prefix>_pointwise`."""
+  return {f'{prefix}_depthwise': layer.depthwise,
+          f'{prefix}_pointwise': layer.pointwise}
 
 
 def scale_rates(rates: Sequence[int], multiplier: float) -> tuple[int, ...]:
@@ -92,6 +109,18 @@ class ASPP(_ConcatProjection):
     self._build_tail(1 + len(atrous_rates) + int(image_pooling), channels,
                      projection_channels, dropout_rate, dropout_on_concat,
                      dropout_on_projection, options, rngs)
+
+  def tf_scopes(self) -> dict[str, ConvBN]:
+    """`image_pooling`, `aspp0`, `aspp<i>_{depthwise,pointwise}`,
+    `concat_projection`: the reference's names."""
+    scopes = {}
+    if self.image_pooling is not None:
+      scopes['image_pooling'] = self.image_pooling
+    scopes['aspp0'] = self.aspp0
+    for i, branch in enumerate(self.atrous, 1):
+      scopes.update(separable_tf_scopes(f'aspp{i}', branch))
+    scopes['concat_projection'] = self.concat_projection
+    return scopes
 
   def __call__(self, features: Array, *, rngs: nnx.Rngs | None = None
                ) -> Array:
@@ -162,6 +191,12 @@ class DensePredictionCell(_ConcatProjection):
     self._build_tail(len(self.specs), channels, projection_channels,
                      dropout_rate, dropout_on_concat, dropout_on_projection,
                      options, rngs)
+
+  def tf_scopes(self) -> dict[str, ConvBN]:
+    raise WeightImportError(
+        'The published DeepLab weights have an ASPP head; this config uses '
+        "a Dense Prediction Cell (config.model.head.type = 'dpc'), which no "
+        'published checkpoint holds.')
 
   def __call__(self, features: Array, *, rngs: nnx.Rngs | None = None
                ) -> Array:

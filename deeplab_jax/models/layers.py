@@ -63,7 +63,10 @@ def _padded_geometry(hw, kernel_hw, strides, rates):
   return pads, out_hw
 
 
-def _shifted_forward(x, w, strides, rates):
+def shifted_sum_autodiff(x, w, strides, rates):
+  """The shifted-sum depthwise conv without the custom VJP (JAX autodiff
+  differentiates it): what `shifted_depthwise_conv` computes, for
+  benchmarks/depthwise.py's comparison of the two backward passes."""
   kh, kw = w.shape[0], w.shape[1]
   pads, out_hw = _padded_geometry(x.shape[1:3], (kh, kw), strides, rates)
   xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
@@ -89,11 +92,11 @@ def shifted_depthwise_conv(x: Array, w: Array, strides: tuple[int, int],
   Returns:
     [N, ceil(H / stride_h), ceil(W / stride_w), C].
   """
-  return _shifted_forward(x, w, strides, rates)
+  return shifted_sum_autodiff(x, w, strides, rates)
 
 
 def _shifted_fwd(x, w, strides, rates):
-  return _shifted_forward(x, w, strides, rates), (x, w)
+  return shifted_sum_autodiff(x, w, strides, rates), (x, w)
 
 
 def _shifted_bwd(strides, rates, residuals, g):

@@ -35,3 +35,27 @@ def set_batch_norm(bn: nnx.BatchNorm, name: str, *, gamma=None, beta=None,
     assign(bn.mean, mean, f'{name}/moving_mean')
   if var is not None:
     assign(bn.var, var, f'{name}/moving_variance')
+
+
+def check_scopes(model_scopes, file_scopes, source: str,
+                 allow_extra: bool = False) -> None:
+  """WeightImportError if the file and the model hold different layers.
+
+  `model_scopes` come from `DeepLab.tf_scopes()`, `file_scopes` are the TF
+  scopes the file holds.
+  """
+  missing = [s for s in model_scopes if s not in file_scopes]
+  extra = [] if allow_extra else [
+      s for s in file_scopes if s not in model_scopes]
+  if missing or extra:
+    parts = []
+    if missing:
+      parts.append(f'the model has layers the file lacks: {", ".join(missing)}')
+    if extra:
+      parts.append(f'the file has layers the model lacks: {", ".join(extra)}')
+    raise WeightImportError(
+        f'{source} does not fit this model: {"; ".join(parts)}. The '
+        'published MobileNetV2 models have no atrous ASPP branches and no '
+        'decoder: use configs/voc_pretrained.py (or set '
+        'config.model.head.atrous_rates=() and '
+        "config.model.decoder.type='upsample').")

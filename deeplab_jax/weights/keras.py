@@ -13,9 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from flax import nnx
+
+from deeplab_jax.checkpoints import module_weights
 from deeplab_jax.errors import MissingDependencyError, WeightImportError
-from deeplab_jax.models.layers import ConvBN
-from deeplab_jax.models.mobilenet_v2 import MobileNetV2
+from deeplab_jax.models.layers import ConvBN, LayerOptions
+from deeplab_jax.models.backbones.mobilenet_v2 import MobileNetV2
 from deeplab_jax.weights.common import assign, set_batch_norm
 
 
@@ -99,9 +102,6 @@ def imagenet_backbone_weights(model_config: Any, weights: str = 'imagenet'
       Keras alpha; its channel rounding must be Keras's).
     weights: 'imagenet' (Keras downloads them) or a local Keras weights file.
   """
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from deeplab_jax.checkpoints import module_weights  # pylint: disable=g-import-not-at-top
-  from deeplab_jax.models.layers import LayerOptions  # pylint: disable=g-import-not-at-top
   alpha = float(model_config.backbone.depth_multiplier)
   if weights == 'imagenet' and alpha not in KERAS_IMAGENET_ALPHAS:
     raise WeightImportError(

@@ -21,8 +21,14 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from flax import nnx
+
 from deeplab_jax import checkpoints
+from deeplab_jax.config import default_config
 from deeplab_jax.errors import WeightImportError
+from deeplab_jax.models import create_model
+from deeplab_jax.weights import keras as keras_weights
+from deeplab_jax.weights import tf_checkpoint, tflite
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +97,6 @@ MODELS = {
 def config_for(name: str):
   """The full config of a published model (architecture, eval protocol,
   init_from), as `configs/voc_pretrained.py:NAME` gives it."""
-  from deeplab_jax.config import default_config  # pylint: disable=g-import-not-at-top
   if name not in MODELS:
     raise WeightImportError(f'Unknown pretrained model {name!r}: use one of '
                             f'{", ".join(MODELS)}.')
@@ -158,8 +163,6 @@ def fetch(url: str, sha256: str | None = None) -> str:
 
 def load_model_file(path: str, config: Any):
   """A model built from config.model holding an official model's weights."""
-  from deeplab_jax.models import create_model  # pylint: disable=g-import-not-at-top
-  from deeplab_jax.weights import tf_checkpoint, tflite  # pylint: disable=g-import-not-at-top
   model = create_model(config.model, output_stride=config.eval.output_stride)
   if str(path).endswith('.tflite'):
     weights = tflite.read_tflite(path)
@@ -182,7 +185,6 @@ def read_init_weights(source: str, config: Any
                       ) -> dict[tuple[str, ...], np.ndarray]:
   """{('params' | 'batch_stats', module path...): array} for `source`."""
   if source == 'keras_imagenet':
-    from deeplab_jax.weights import keras as keras_weights  # pylint: disable=g-import-not-at-top
     return keras_weights.imagenet_backbone_weights(config.model)
   if source in MODELS:
     entry = MODELS[source]
@@ -192,3 +194,15 @@ def read_init_weights(source: str, config: Any
   if path.endswith('.tflite') or _is_tf_checkpoint(path):
     return checkpoints.module_weights(load_model_file(path, config))
   return checkpoints.read_weights(path)
+
+
+def load_into_model(model: nnx.Module, source: str, config: Any, *,
+                    scope: str = 'model') -> dict:
+  """Copies the weights of `source` (see `read_init_weights`) whose path and
+  shape match into `model`, in place; returns copy_matching's report."""
+  weights = read_init_weights(source, config)
+  params, batch_stats, report = checkpoints.copy_matching(
+      nnx.state(model, nnx.Param), nnx.state(model, nnx.BatchStat), weights,
+      scope=scope)
+  nnx.update(model, params, batch_stats)
+  return report

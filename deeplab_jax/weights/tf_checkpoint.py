@@ -20,8 +20,7 @@ from absl import logging
 from deeplab_jax.errors import MissingDependencyError, WeightImportError
 from deeplab_jax.models.deeplab import DeepLab
 from deeplab_jax.models.layers import ConvBN
-from deeplab_jax.weights import tf_names
-from deeplab_jax.weights.common import assign, set_batch_norm
+from deeplab_jax.weights.common import assign, check_scopes, set_batch_norm
 
 
 def _tensorflow():
@@ -77,11 +76,11 @@ def _file_scopes(variables: dict[str, np.ndarray]) -> set[str]:
 def load_into(model: DeepLab, variables: dict[str, np.ndarray],
               source: str) -> None:
   """Copies checkpoint variables (BatchNorm unfolded) into `model`."""
-  scopes = tf_names.scope_map(model)
+  scopes = model.tf_scopes()
   file_scopes = _file_scopes(variables)
   # Checkpoints may carry layers DeepLab does not use (e.g. MobilenetV2's
   # 1280-channel Conv_1): only what the model lacks is an error.
-  tf_names.check_scopes(scopes, file_scopes, source, allow_extra=True)
+  check_scopes(scopes, file_scopes, source, allow_extra=True)
   unused = sorted(file_scopes - set(scopes))
   if unused:
     logging.info('%s: not used by this model: %s', source, ', '.join(unused))

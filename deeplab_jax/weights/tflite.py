@@ -22,9 +22,8 @@ import numpy as np
 from deeplab_jax.errors import MissingDependencyError, WeightImportError
 from deeplab_jax.models.deeplab import DeepLab
 from deeplab_jax.models.layers import ConvBN
-from deeplab_jax.models.mobilenet_v2 import mobilenet_v2_layout
-from deeplab_jax.weights import tf_names
-from deeplab_jax.weights.common import assign, set_batch_norm
+from deeplab_jax.models.backbones.mobilenet_v2 import mobilenet_v2_layout
+from deeplab_jax.weights.common import assign, check_scopes, set_batch_norm
 
 _WEIGHT_NAME = re.compile(r'^(.+?)/(?:depthwise_)?weights(?:_quant)?(?:/|$)')
 DEPTH_MULTIPLIERS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
@@ -174,8 +173,8 @@ def check_config(weights: TFLiteWeights, model_config: Any,
 
 def load_into(model: DeepLab, weights: TFLiteWeights) -> None:
   """Copies the folded weights into `model` in place."""
-  scopes = tf_names.scope_map(model)
-  tf_names.check_scopes(scopes, weights.layers, weights.path)
+  scopes = model.tf_scopes()
+  check_scopes(scopes, weights.layers, weights.path)
   for scope, target in scopes.items():
     kernel, bias = weights.layers[scope]
     if isinstance(target, ConvBN):

@@ -5,8 +5,14 @@ import pytest
 from PIL import Image
 
 from deeplab_jax.data import augment, voc
+from deeplab_jax.data.labels import IGNORE_LABEL
+from deeplab_jax.models.backbones import INCEPTION_PREPROCESSING, Preprocessing
 
 PALETTE = voc.color_map()
+PRE = INCEPTION_PREPROCESSING
+# ResNet-style: mean subtraction, no scaling (the reference's resnet_v1).
+MEAN_SUBTRACTION = Preprocessing(mean=(123.15, 115.90, 103.06),
+                                 scale=(1.0, 1.0, 1.0))
 
 
 def _blocky_example(seed, height=150, width=200, block=10):
@@ -35,10 +41,11 @@ def test_image_and_label_stay_aligned_through_scale_crop_flip(seed):
   image, label = _blocky_example(seed)
   rng = np.random.default_rng(seed)
   out_image, out_label = augment.random_scale_crop_flip(
-      image, label, rng, crop_size=129)
+      image, label, rng, crop_size=129, preprocessing=PRE,
+      ignore_label=IGNORE_LABEL)
   assert out_image.shape == (129, 129, 3) and out_image.dtype == np.float32
   assert out_label.shape == (129, 129) and out_label.dtype == np.uint8
-  pixels = augment.denormalize(out_image)
+  pixels = PRE.denormalize(out_image)
   inside = _interior(out_label) & (out_label != 255)
   assert inside.sum() > 100
   expected = PALETTE[out_label[inside]]
@@ -54,7 +61,8 @@ def test_flip_and_scale_both_happen_over_seeds():
   flipped, sizes = 0, set()
   for seed in range(40):
     out_image, out_label = augment.random_scale_crop_flip(
-        image, label, np.random.default_rng(seed), crop_size=257)
+        image, label, np.random.default_rng(seed), crop_size=257,
+        preprocessing=PRE, ignore_label=IGNORE_LABEL)
     sizes.add(int((out_label != 255).sum()))
     rng = np.random.default_rng(seed)
     scale = augment.sample_scale(rng, 0.5, 2.0, 0.25)
@@ -71,7 +79,8 @@ def test_crop_box_shortcut_equals_resize_then_crop():
   for seed in range(10):
     rng = np.random.default_rng(seed)
     out_image, out_label = augment.random_scale_crop_flip(
-        image, label, rng, crop_size=crop, flip=False)
+        image, label, rng, crop_size=crop, flip=False, preprocessing=PRE,
+        ignore_label=IGNORE_LABEL)
     # Replay the same random draws the naive way.
     rng = np.random.default_rng(seed)
     scale = augment.sample_scale(rng, 0.5, 2.0, 0.25)
@@ -86,7 +95,7 @@ def test_crop_box_shortcut_equals_resize_then_crop():
     naive_image = np.zeros((crop, crop, 3), np.float32)
     part = full_label[top:top + crop, left:left + crop]
     naive_label[:part.shape[0], :part.shape[1]] = part
-    naive_image[:part.shape[0], :part.shape[1]] = augment.normalize(
+    naive_image[:part.shape[0], :part.shape[1]] = PRE.normalize(
         full_image[top:top + crop, left:left + crop])
     np.testing.assert_array_equal(out_label, naive_label)
     np.testing.assert_allclose(out_image, naive_image, atol=2 / 127.5)
@@ -96,16 +105,43 @@ def test_eval_padding_keeps_every_labelled_pixel():
   image, label = _blocky_example(5, height=150, width=200)
   label[0, :] = 255  # Some ignore pixels of the original.
   pixels = np.asarray(image)
-  out_image, out_label = augment.pad_for_eval(pixels, label, min_size=193)
+  out_image, out_label = augment.pad_for_eval(
+      pixels, label, min_size=193, preprocessing=PRE,
+      ignore_label=IGNORE_LABEL)
   assert out_label.shape == (193, 200)  # Never cropped, padded to >= 193.
   np.testing.assert_array_equal(out_label[:150, :200], label)
   assert (out_label != 255).sum() == (label != 255).sum()
   np.testing.assert_array_equal(out_label[150:], 255)
-  np.testing.assert_array_equal(augment.denormalize(out_image[:150]), pixels)
+  np.testing.assert_array_equal(PRE.denormalize(out_image[:150]), pixels)
   np.testing.assert_array_equal(out_image[150:], 0.0)
 
 
 def test_normalize_matches_the_reference_preprocessing():
   pixels = np.array([0, 127.5, 255]).astype(np.float32)
-  np.testing.assert_allclose(augment.normalize(pixels), [-1, 0, 1],
-                             atol=1e-6)
+  np.testing.assert_allclose(PRE.normalize(pixels), [-1, 0, 1], atol=1e-6)
+  # Bit for bit the reference's x * (1 / 127.5) - 1 (what the published
+  # MobileNetV2 weights and their parity tests were computed with).
+  rgb = np.arange(256, dtype=np.uint8)[:, None].repeat(3, 1)
+  np.testing.assert_array_equal(
+      PRE.normalize(rgb),
+      rgb.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0))
+  np.testing.assert_array_equal(PRE.denormalize(PRE.normalize(rgb)), rgb)
+
+
+def test_pipeline_normalises_and_pads_the_backbones_way():
+  """Another backbone's preprocessing flows through crop and eval padding:
+  the image is mean-subtracted (per channel), padding is the mean pixel."""
+  image, label = _blocky_example(7, height=60, width=50)
+  out_image, out_label = augment.random_scale_crop_flip(
+      image, label, np.random.default_rng(0), crop_size=129, min_scale=1.0,
+      max_scale=1.0, flip=False, preprocessing=MEAN_SUBTRACTION,
+      ignore_label=IGNORE_LABEL)
+  expected = np.asarray(image, np.float32) - np.asarray(
+      MEAN_SUBTRACTION.mean, np.float32)
+  np.testing.assert_allclose(out_image[:60, :50], expected, atol=1e-4)
+  np.testing.assert_array_equal(out_image[60:], 0.0)  # The mean pixel.
+  np.testing.assert_array_equal(out_label[60:], IGNORE_LABEL)
+  padded, valid = augment.fit_and_pad(np.asarray(image), 64, MEAN_SUBTRACTION)
+  assert valid == (60, 50)
+  np.testing.assert_allclose(padded[:60, :50], expected, atol=1e-4)
+  np.testing.assert_array_equal(padded[:, 50:], 0.0)

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from deeplab_jax.models import (create_model, format_summary, inference_view,
-                                with_output_stride)
+                                parameter_counts, with_output_stride)
 from tests.conftest import tiny_model_config
 
 
@@ -63,10 +63,22 @@ def test_with_output_stride_shares_weights_and_changes_resolution():
                                 model.logits.kernel[...])
 
 
-def test_summary_lists_every_module():
-  text = format_summary(create_model(tiny_model_config()))
-  for name in ('backbone', 'head', 'decoder', 'logits', 'total'):
-    assert name in text
+def test_summary_counts_every_array_once():
+  model = create_model(tiny_model_config())
+  # Independently: every nnx.Param / nnx.BatchStat leaf of the model.
+  params = sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(
+      nnx.state(model, nnx.Param)))
+  stats = sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(
+      nnx.state(model, nnx.BatchStat)))
+  counts = parameter_counts(model)
+  assert sorted(counts) == ['backbone', 'decoder', 'head', 'logits']
+  assert sum(c['params'] for c in counts.values()) == params
+  assert sum(c['batch_stats'] for c in counts.values()) == stats
+  # The classifier: a 1x1 conv with bias, 16 -> 21 channels, no BatchNorm.
+  assert counts['logits'] == {'params': 16 * 21 + 21, 'batch_stats': 0}
+  last = format_summary(model).splitlines()[-1].split()
+  assert last == ['total', f'{params:,}', f'{stats:,}',
+                  f'{params + stats:,}']
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():

@@ -85,16 +85,45 @@ def test_reference_mobilenet_head_has_only_pooling_and_1x1():
   assert aspp.concat_projection.conv.in_features == 2 * 4
 
 
-def test_image_pooling_branch_is_a_global_mean():
-  aspp = ASPP(3, channels=2, projection_channels=2, atrous_rates=(),
+def _randomise_batch_norm(module, seed):
+  """Non-trivial BatchNorm statistics, so inference BN is not identity."""
+  rng = np.random.default_rng(seed)
+  for _, node in nnx.iter_graph(module):
+    if isinstance(node, nnx.BatchNorm):
+      c = node.mean.shape[0]
+      node.mean[...] = rng.normal(0, 0.3, c).astype(np.float32)
+      node.var[...] = rng.uniform(0.5, 2.0, c).astype(np.float32)
+      node.scale[...] = rng.uniform(0.5, 1.5, c).astype(np.float32)
+      node.bias[...] = rng.normal(0, 0.2, c).astype(np.float32)
+
+
+def _numpy_conv1x1_bn_relu(x, layer):
+  """An independent NumPy 1x1 conv -> inference BatchNorm -> ReLU."""
+  w = np.asarray(layer.conv.kernel[...])[0, 0]  # [C_in, C_out]
+  bn = layer.bn
+  y = x @ w
+  y = (y - np.asarray(bn.mean[...])) / np.sqrt(np.asarray(bn.var[...]) +
+                                                bn.epsilon)
+  y = y * np.asarray(bn.scale[...]) + np.asarray(bn.bias[...])
+  return np.maximum(y, 0.0)
+
+
+def test_reference_head_equals_numpy_pooling_plus_1x1():
+  """The reference MobileNetV2 head (no atrous branches) against NumPy:
+  concat[broadcast(1x1(global mean)), 1x1(x)] -> 1x1 projection."""
+  aspp = ASPP(3, channels=4, projection_channels=5, atrous_rates=(),
               rngs=nnx.Rngs(0))
+  _randomise_batch_norm(aspp, 1)
   view = nnx.view(aspp, deterministic=True, use_running_average=True)
-  x = jax.random.normal(jax.random.PRNGKey(1), (1, 6, 6, 3))
-  pooled = view.image_pooling(jnp.mean(x, axis=(1, 2), keepdims=True))
-  # A shuffled image has the same mean, hence the same pooling branch.
-  shuffled = x.reshape(1, 36, 3)[:, ::-1].reshape(1, 6, 6, 3)
-  pooled2 = view.image_pooling(jnp.mean(shuffled, axis=(1, 2), keepdims=True))
-  np.testing.assert_allclose(pooled, pooled2, atol=1e-6)
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (2, 6, 7, 3)))
+  got = np.asarray(view(jnp.asarray(x)))
+  pooled = _numpy_conv1x1_bn_relu(x.mean(axis=(1, 2), keepdims=True),
+                                  aspp.image_pooling)
+  branches = np.concatenate(
+      [np.broadcast_to(pooled, (2, 6, 7, 4)),
+       _numpy_conv1x1_bn_relu(x, aspp.aspp0)], axis=-1)
+  expected = _numpy_conv1x1_bn_relu(branches, aspp.concat_projection)
+  np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize('output_stride,expected', [(16, (6, 12, 18)),

@@ -7,7 +7,7 @@ tested through the weight mapping in tests/weights/test_keras.py.
 
 from flax import nnx
 
-from deeplab_jax.models.mobilenet_v2 import (MobileNetV2, atrous_schedule,
+from deeplab_jax.models.backbones.mobilenet_v2 import (MobileNetV2, atrous_schedule,
                                              mobilenet_v2_layout)
 from deeplab_jax.models.summary import parameter_counts
 from tests.conftest import random_keras_mobilenet_v2

@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import jax
+import ml_collections
 from flax import nnx
 
+from deeplab_jax.models.backbones.base import (INCEPTION_PREPROCESSING,
+                                               Backbone, ConfigChecks,
+                                               Preprocessing, layer_options)
 from deeplab_jax.models.layers import ConvBN, LayerOptions
 
 Array = jax.Array
@@ -35,6 +40,9 @@ V2_BLOCKS = (
 )
 STEM_CHANNELS = 32
 STEM_STRIDE = 2
+CHANNEL_ROUNDINGS = ('deeplab', 'keras')
+# The reference's TF scope of the whole extractor.
+TF_SCOPE = 'MobilenetV2'
 # The reference decoder reads 'layer_4/depthwise_output': the depthwise
 # output (after BN and ReLU6) of block 2, at stride 4 (Keras:
 # block_2_depthwise_relu).
@@ -163,8 +171,52 @@ class InvertedResidual(nnx.Module):
     return out, depthwise
 
 
-class MobileNetV2(nnx.Module):
+class MobileNetV2(Backbone):
   """MobileNetV2 backbone up to block 16 (`expanded_conv_16/project`)."""
+
+  name = 'mobilenet_v2'
+
+  @classmethod
+  def default_config(cls) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = cls.name
+    c.depth_multiplier = 1.0
+    # 'deeplab': multiples of 8 only at depth multiplier 1.0 (the reference
+    # extractor and its published checkpoints); 'keras': every width rounded
+    # to a multiple of 8 (keras.applications.MobileNetV2's alpha).
+    c.channel_rounding = 'deeplab'
+    # Slim MobileNetV2 BatchNorm (decay 0.997, eps 1e-3; Keras: eps 1e-3).
+    c.bn_momentum = 0.997
+    c.bn_epsilon = 1e-3
+    return c
+
+  @classmethod
+  def validate_config(cls, backbone_config: Any, key: str,
+                      check: ConfigChecks) -> None:
+    b = backbone_config
+    check.number_in(f'{key}.depth_multiplier', b.depth_multiplier, 0.0,
+                    float('inf'), lo_open=True)
+    check.one_of(f'{key}.channel_rounding', b.channel_rounding,
+                 CHANNEL_ROUNDINGS)
+    check.number_in(f'{key}.bn_momentum', b.bn_momentum, 0.0, 1.0)
+    check.number_in(f'{key}.bn_epsilon', b.bn_epsilon, 0.0, 1.0,
+                    lo_open=True)
+
+  @classmethod
+  def from_config(cls, backbone_config: Any, *, output_stride: int,
+                  dtype: Any, depthwise_impl: str,
+                  rngs: nnx.Rngs) -> 'MobileNetV2':
+    return cls(depth_multiplier=backbone_config.depth_multiplier,
+               channel_rounding=backbone_config.channel_rounding,
+               output_stride=output_stride,
+               options=layer_options(backbone_config, dtype=dtype,
+                                     depthwise_impl=depthwise_impl),
+               rngs=rngs)
+
+  @classmethod
+  def preprocessing(cls, backbone_config: Any) -> Preprocessing:
+    del backbone_config  # [-1, 1] at every width.
+    return INCEPTION_PREPROCESSING
 
   def __init__(self, *, depth_multiplier: float = 1.0,
                channel_rounding: str = 'deeplab', output_stride: int = 16,
@@ -190,6 +242,18 @@ class MobileNetV2(nnx.Module):
   def low_level_channels(self) -> int:
     layout = self.layouts[LOW_LEVEL_BLOCK]
     return layout.expanded_channels or layout.in_channels
+
+  def tf_scopes(self) -> dict[str, ConvBN]:
+    """`MobilenetV2/Conv`, `MobilenetV2/expanded_conv[_N]/{expand,
+    depthwise,project}`: the reference's names."""
+    scopes = {f'{TF_SCOPE}/Conv': self.stem}
+    for i, block in enumerate(self.blocks):
+      prefix = f'{TF_SCOPE}/expanded_conv' + (f'_{i}' if i else '')
+      if block.expand is not None:
+        scopes[f'{prefix}/expand'] = block.expand
+      scopes[f'{prefix}/depthwise'] = block.depthwise
+      scopes[f'{prefix}/project'] = block.project
+    return scopes
 
   def __call__(self, images: Array) -> dict[str, Array]:
     """Feature maps of images normalised to [-1, 1].

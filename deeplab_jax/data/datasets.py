@@ -1,0 +1,106 @@
+"""Datasets by name: `config.data.dataset` -> the facts the code needs.
+
+A `DatasetSpec` owns its class names, palette, ignore label and raw-label
+mapping; the pipeline, the loss and metrics, evaluation's pictures and
+`metrics.json`, predict and the notebook take them from here.
+
+Adding a dataset: a TFDS builder module in `deeplab_jax/data/` (storing
+array_record, features 'image', 'segmentation_mask', 'file_name'), one
+`DatasetSpec` line in `DATASETS`, and its tests in `tests/data/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from deeplab_jax.data import demo_builder, voc, voc_builder
+from deeplab_jax.data.labels import IGNORE_LABEL
+from deeplab_jax.errors import ConfigError, DatasetError
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """What the rest of the code needs to know about a dataset.
+
+  Attributes:
+    tfds_name: 'builder/config' name of its TFDS builder.
+    class_names: one name per class id 0..num_classes-1.
+    palette: [256, 3] uint8 RGB colour per label value (the ignore label's
+      colour included), for masks and pictures.
+    ignore_label: the label value that is never trained on or scored.
+    label_map: None, or a [256] uint8 lookup from stored mask values to
+      class ids (e.g. Cityscapes' ids -> train ids), applied on reading.
+    check_manual_dir: None, or f(manual_dir) raising DatasetError when the
+      manually downloaded files are missing (before a long build starts).
+    downloads: whether the builder can fetch its files itself.
+  """
+  tfds_name: str
+  class_names: tuple[str, ...]
+  palette: np.ndarray = dataclasses.field(repr=False, compare=False)
+  ignore_label: int = IGNORE_LABEL
+  label_map: np.ndarray | None = dataclasses.field(default=None, repr=False,
+                                                   compare=False)
+  check_manual_dir: Callable[[str], None] | None = None
+  downloads: bool = True
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  def map_labels(self, mask: np.ndarray) -> np.ndarray:
+    """Stored mask values -> class ids (identity without a label_map)."""
+    return mask if self.label_map is None else self.label_map[mask]
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    'voc2012': DatasetSpec(
+        'voc_segmentation/voc2012', voc.CLASS_NAMES, voc.color_map(),
+        check_manual_dir=functools.partial(voc_builder.check_manual_dir,
+                                           with_sbd=False)),
+    'voc2012_aug': DatasetSpec(
+        'voc_segmentation/voc2012_aug', voc.CLASS_NAMES, voc.color_map(),
+        check_manual_dir=functools.partial(voc_builder.check_manual_dir,
+                                           with_sbd=True)),
+    'demo': DatasetSpec('deeplab_demo_shapes', demo_builder.CLASS_NAMES,
+                        demo_builder.PALETTE, downloads=False),
+}
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+  """The registered dataset `name` (DatasetError naming the known ones)."""
+  if name not in DATASETS:
+    raise DatasetError(f'Unknown dataset {name!r} (config.data.dataset): use '
+                       f'one of {", ".join(DATASETS)}.')
+  return DATASETS[name]
+
+
+def check_manual_dir(spec: DatasetSpec, manual_dir: str | None) -> None:
+  """The spec's own check of a manual directory, if it has one."""
+  if manual_dir and spec.check_manual_dir is not None:
+    spec.check_manual_dir(os.path.expanduser(manual_dir))
+
+
+def check_num_classes(config: Any) -> None:
+  """ConfigError unless config.model.num_classes fits config.data.dataset."""
+  spec = dataset_spec(config.data.dataset)
+  if config.model.num_classes != spec.num_classes:
+    raise ConfigError(
+        f'config.model.num_classes = {config.model.num_classes}, but '
+        f'{config.data.dataset} has {spec.num_classes} classes '
+        f'({", ".join(spec.class_names)}): set '
+        f'--config.model.num_classes={spec.num_classes}.')
+
+
+def class_names(config: Any) -> tuple[str, ...]:
+  """The dataset's class names, or `class_<i>` when the model predicts
+  another number of classes (a model fine-tuned elsewhere)."""
+  names = dataset_spec(config.data.dataset).class_names
+  if len(names) != config.model.num_classes:
+    return tuple(f'class_{i}' for i in range(config.model.num_classes))
+  return names
