@@ -147,6 +147,15 @@ def restore_model(config: Any, workdir: str | os.PathLike, *,
                                             nnx.BatchStat)
   restored = checkpointer.restore_weights(
       step, {'params': params, 'batch_stats': batch_stats})
+  bad = ['/'.join(key) for key, value in flatten_state(restored).items()
+         if np.issubdtype(np.asarray(value).dtype, np.inexact)
+         and not np.all(np.isfinite(np.asarray(value)))]
+  if bad:
+    raise CheckpointError(
+        f'The checkpoint {checkpointer.path(step)} holds non-finite values '
+        f'({len(bad)} arrays, e.g. {bad[0]}): it cannot be evaluated. Use an '
+        'earlier step (its checkpoints/ folder lists them) or train again '
+        'with a lower learning rate.')
   return nnx.merge(graphdef, restored['params'], restored['batch_stats']), step
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import difflib
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -51,6 +53,61 @@ def inference_model(config: Any, workdir: str | None
       f'No checkpoint in {workdir}/checkpoints and no '
       'config.train.init_from: train first, or use a pretrained config '
       '(see README, "Pretrained models").')
+
+
+_NONE_WORDS = ('None', 'none', 'null')
+
+
+def split_literal_overrides(argv: Sequence[str]
+                            ) -> tuple[list[str], dict[str, Any]]:
+  """(argv without them, {dotted key: value}) for the overrides that
+  ml_collections' flag parser refuses: `--config.KEY=None` and list-valued
+  keys given as a JSON or Python literal."""
+  schema = default_config()
+  rest, literals = [], {}
+  for arg in argv:
+    if arg.startswith('--config.') and '=' in arg:
+      dotted, text = arg[len('--config.'):].split('=', 1)
+      node = schema
+      for part in dotted.split('.'):
+        node = node.get(part) if isinstance(
+            node, ml_collections.ConfigDict) else None
+      if text.strip() in _NONE_WORDS:
+        literals[dotted] = None
+        continue
+      if isinstance(node, list):
+        try:
+          literals[dotted] = json.loads(text)
+        except ValueError:
+          try:
+            literals[dotted] = ast.literal_eval(text)
+          except (ValueError, SyntaxError) as e:
+            raise ConfigError(
+                f'{arg}: config.{dotted} takes a list, written as JSON or a '
+                f"Python literal, e.g. --config.{dotted}='[{{\"kernel\": 3, "
+                f'"rate": [1, 6], "op": "conv", "input": -1}}]\' ({e}).'
+            ) from None
+        continue
+    rest.append(arg)
+  return rest, literals
+
+
+def apply_literal_overrides(config: Any, literals: dict[str, Any]) -> None:
+  """Sets the values `split_literal_overrides` took out of argv."""
+  for dotted, value in literals.items():
+    *parents, last = dotted.split('.')
+    node = config
+    for part in parents:
+      node = node[part]
+    if last not in node:
+      raise ConfigError(diagnose_override([f'--config.{dotted}=x']) or
+                        f'Unknown config key config.{dotted}.')
+    try:
+      node[last] = value
+    except TypeError as e:
+      raise ConfigError(
+          f'--config.{dotted}={value!r}: config.{dotted} cannot take it '
+          f'({e}); None is allowed only for optional keys.') from None
 
 
 def diagnose_override(argv: Sequence[str]) -> str | None:
@@ -131,8 +188,9 @@ def run(config: Any, *, mode: str, workdir: str | None = None,
     if not images:
       raise ConfigError('--mode=predict needs --images=DIR (a folder of '
                         'photos).')
-    model, _ = inference_model(config, workdir)
     output = output or os.path.join(workdir or '.', 'predictions')
+    predict.check_folders(images, output)  # Before the model's setup.
+    model, _ = inference_model(config, workdir)
     summary = predict.predict_folder(config, model, images, output)
     print(f'Segmented {summary["images"]} image(s) into {output}'
           + (f'; skipped {len(summary["skipped"])}' if summary['skipped']

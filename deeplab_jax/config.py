@@ -13,9 +13,11 @@ allowed ones, so nothing deeper has to re-check user input;
 from __future__ import annotations
 
 import difflib
+import importlib.resources
 import importlib.util
 import numbers
 import os
+import pathlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -165,6 +167,11 @@ def default_config() -> ml_collections.ConfigDict:
   e.batch_size = 8
   e.num_result_images = 16
   e.max_images = config_dict.placeholder(int)  # None: the whole split.
+  # predict: larger images are skipped with a message (PIL's decompression
+  # bomb guard is 89 million pixels).
+  e.max_image_pixels = 89_478_485
+  # --follow stops after this many seconds without a new checkpoint.
+  e.follow_timeout = 3600.0
   return c
 
 
@@ -320,6 +327,8 @@ RULES: tuple[tuple[str, Check], ...] = (
     ('eval.batch_size', _int()),
     ('eval.num_result_images', _int(0)),
     ('eval.max_images', _optional(_int())),
+    ('eval.max_image_pixels', _int()),
+    ('eval.follow_timeout', _number(0.0, 1e9)),
 )
 
 
@@ -443,11 +452,45 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     validate_dpc_branches(config.model.head.dpc_branches)
 
 
+def _configs_folder() -> Any:
+  """The shipped configs: the installed package `deeplab_jax.configs`, or,
+  when `deeplab_jax` is imported from a source checkout (its folder on
+  sys.path), the checkout's `configs/` beside it."""
+  try:
+    return importlib.resources.files('deeplab_jax.configs')
+  except ModuleNotFoundError:
+    return pathlib.Path(__file__).resolve().parents[1] / 'configs'
+
+
+def shipped_configs() -> list[str]:
+  """Names of the config files shipped with the package (configs/*.py)."""
+  return sorted(p.name[:-3] for p in _configs_folder().iterdir()
+                if p.name.endswith('.py') and not p.name.startswith('_'))
+
+
+def resolve_config_path(value: str) -> str:
+  """A --config value as a file path (with its ':argument', if any): an
+  existing file or any path stays; the name of a shipped config (`voc`,
+  `voc_pretrained:mnv2_pascal_quant_513`) becomes its packaged file."""
+  file, colon, argument = str(value).partition(':')
+  if os.path.exists(file) or os.sep in file or '/' in file:
+    return str(value)
+  name = file[:-3] if file.endswith('.py') else file
+  packaged = _configs_folder() / f'{name}.py'
+  if not packaged.is_file():
+    raise ConfigError(
+        f'--config={value}: no such file, and no shipped config named '
+        f'{name!r}. Give a path to a config file, or one of: '
+        f'{", ".join(shipped_configs())}.')
+  return f'{packaged}{colon}{argument}'
+
+
 def load_config_file(path: str) -> ml_collections.ConfigDict:
   """`get_config()` of a config file, with an optional ':argument'
   (`configs/voc_pretrained.py:mnv2_pascal_quant_513`), as --config reads it;
-  validated. For notebooks, scripts, benchmarks and tests."""
-  file, _, argument = str(path).partition('.py:')
+  a shipped config's name works too (`demo`). Validated. For notebooks,
+  scripts, benchmarks and tests."""
+  file, _, argument = resolve_config_path(str(path)).partition('.py:')
   file = file if file.endswith('.py') else file + '.py'
   if not os.path.exists(file):
     raise ConfigError(f'Config file {file} does not exist.')

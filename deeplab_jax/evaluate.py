@@ -30,11 +30,12 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from deeplab_jax import (checkpoints, distributed, inference, metrics, optim,
-                         visualize)
+from deeplab_jax import (checkpoints, distributed, inference, metric_writers,
+                         metrics, optim, visualize)
 from deeplab_jax.compile_stats import CompileCounter
 from deeplab_jax.data import pipeline
 from deeplab_jax.data.datasets import class_names, dataset_spec
+from deeplab_jax.errors import CheckpointError
 from deeplab_jax.models import backbones, create_model, inference_view
 
 
@@ -154,7 +155,7 @@ class Evaluator:
       workdir: metrics.json, the confusion matrix and result images go to
         <workdir>/eval/ (None: nothing is written).
       step: the training step, for the record and TensorBoard.
-      writer: a clu MetricWriter for TensorBoard scalars (optional).
+      writer: a metric_writers.MetricWriter for TensorBoard (optional).
       split, source: another split, or a random-access source (tests).
 
     Returns:
@@ -290,29 +291,58 @@ def follow(config: ml_collections.ConfigDict, workdir: str, *,
            poll_seconds: float = 30.0, timeout_seconds: float | None = None
            ) -> dict[str, Any] | None:
   """Evaluates every new checkpoint as training writes it, until the final
-  step (or `timeout_seconds` without a new one). One Evaluator serves every
-  checkpoint: only the first compiles."""
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  checkpointer = checkpoints.Checkpointer(workdir, read_only=True)
-  writer = metric_writers.create_default_writer(
-      str(epath.Path(workdir) / 'eval'), just_logging=jax.process_index() > 0)
-  evaluator = Evaluator(config)
-  done, summary, waited = set(), None, 0.0
+  step, or until no new checkpoint came for `timeout_seconds` (default
+  `config.eval.follow_timeout`). One Evaluator serves every checkpoint: only
+  the first compiles. It creates nothing in `workdir` before a checkpoint
+  appears.
+
+  Raises:
+    CheckpointError: no checkpoint appeared within the timeout (a mistyped
+      --workdir, or training never started).
+  """
+  timeout = (config.eval.follow_timeout if timeout_seconds is None
+             else timeout_seconds)
+  directory = epath.Path(workdir) / 'checkpoints'
   final = optim.num_train_steps(config.train, len(pipeline.data_source(
       config.data, config.data.train_split)))
-  while True:
-    latest = checkpointer.latest_step()
-    if latest is not None and latest not in done:
-      model, _ = checkpoints.restore_model(config, workdir, step=latest)
-      print(f'Evaluating step {latest} (checkpoint: '
-            f'{checkpointer.path(latest)})', flush=True)
-      summary = evaluator.evaluate(model, workdir=workdir, step=latest,
-                                   writer=writer)
-      done.add(latest)
-      waited = 0.0
-      if latest >= final:
+  print(f'Following {directory}: evaluating each new checkpoint until step '
+        f'{final}; stopping after {timeout:.0f} s without one '
+        '(config.eval.follow_timeout).', flush=True)
+  evaluator, writer, checkpointer = None, None, None
+  done, summary, waited = set(), None, 0.0
+  try:
+    while True:
+      if checkpointer is None and directory.is_dir():
+        checkpointer = checkpoints.Checkpointer(workdir, read_only=True)
+      latest = checkpointer.latest_step() if checkpointer else None
+      if latest is not None and latest not in done:
+        if evaluator is None:
+          evaluator = Evaluator(config)
+          writer = metric_writers.MetricWriter(
+              epath.Path(workdir) / 'eval',
+              just_logging=jax.process_index() > 0)
+        model, _ = checkpoints.restore_model(config, workdir, step=latest)
+        print(f'Evaluating step {latest} (checkpoint: '
+              f'{checkpointer.path(latest)})', flush=True)
+        summary = evaluator.evaluate(model, workdir=workdir, step=latest,
+                                     writer=writer)
+        done.add(latest)
+        waited = 0.0
+        if latest >= final:
+          return summary
+      elif waited >= timeout:
+        if summary is None:
+          raise CheckpointError(
+              f'No checkpoint appeared in {directory} within {timeout:.0f} s '
+              '(config.eval.follow_timeout). Is --workdir the training '
+              "run's workdir, and is training running?")
+        print(f'No new checkpoint for {timeout:.0f} s after step '
+              f'{max(done)}; stopping.', flush=True)
         return summary
-    elif timeout_seconds is not None and waited >= timeout_seconds:
-      return summary
-    time.sleep(poll_seconds)
-    waited += poll_seconds
+      time.sleep(poll_seconds)
+      waited += poll_seconds
+  finally:
+    if writer is not None:
+      writer.close()
+    if checkpointer is not None:
+      checkpointer.close()

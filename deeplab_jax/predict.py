@@ -62,11 +62,81 @@ def make_segmenter(model: nnx.Module, config: ml_collections.ConfigDict):
   return segment
 
 
-def read_photo(path: epath.Path) -> np.ndarray:
-  """RGB uint8 pixels; raises OSError/ValueError if it is not an image."""
-  with Image.open(path) as image:
+class ImageTooLargeError(ValueError):
+  """An image has more pixels than config.eval.max_image_pixels."""
+
+
+def read_photo(path: epath.Path, max_pixels: int | None = None
+               ) -> np.ndarray:
+  """RGB uint8 pixels of an image file.
+
+  16-bit and 32-bit grey images are scaled by their range to 8 bits (PIL's
+  own conversion would clip them to white); palette, grey and alpha images
+  are converted to RGB.
+
+  Raises:
+    OSError, ValueError, SyntaxError: not a readable image.
+    ImageTooLargeError: more than `max_pixels` pixels.
+  """
+  # PIL refuses images over twice its own MAX_IMAGE_PIXELS; the config's
+  # limit replaces PIL's for this read (checked below, exactly).
+  previous = Image.MAX_IMAGE_PIXELS
+  Image.MAX_IMAGE_PIXELS = None if max_pixels is None else max_pixels * 2
+  try:
+    image = Image.open(path)
+  except Image.DecompressionBombError as e:
+    raise ImageTooLargeError(
+        f'{e} (more than config.eval.max_image_pixels = {max_pixels:,}); '
+        'shrink it, or raise that limit') from None
+  finally:
+    Image.MAX_IMAGE_PIXELS = previous
+  with image:
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+      raise ImageTooLargeError(
+          f'{width}x{height} = {width * height:,} pixels, more than '
+          f'config.eval.max_image_pixels = {max_pixels:,}; shrink it, or '
+          'raise that limit')
     image.load()
+    if image.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'):
+      pixels = np.asarray(image, np.float64)
+      top = 65535.0 if pixels.max() > 255 else 255.0
+      grey = np.clip(np.round(pixels * (255.0 / top)), 0, 255)
+      return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=-1)
     return np.asarray(image.convert('RGB'))
+
+
+def output_names(files: list[epath.Path]) -> dict[epath.Path, str]:
+  """{file: output name}: the stem, or stem_ext where two files share a stem
+  (dup.jpg and dup.png -> dup_jpg, dup_png), so no output overwrites another."""
+  stems: dict[str, int] = {}
+  for path in files:
+    stems[path.stem] = stems.get(path.stem, 0) + 1
+  return {path: (path.stem if stems[path.stem] == 1 else
+                 f'{path.stem}_{path.suffix.lstrip(".")}')
+          for path in files}
+
+
+def check_folders(images_dir: str, output_dir: str) -> list[epath.Path]:
+  """The image files to segment; DatasetError before any model work when
+  the input folder is missing or empty or the output cannot be written."""
+  source = epath.Path(images_dir)
+  if not source.is_dir():
+    raise DatasetError(f'--images={images_dir} is not a folder of images.')
+  files = sorted(p for p in source.iterdir() if p.is_file())
+  if not files:
+    raise DatasetError(f'--images={images_dir} holds no files.')
+  out = epath.Path(output_dir)
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+    probe = out / '.write_test'
+    probe.write_text('')
+    probe.unlink()
+  except OSError as e:
+    raise DatasetError(
+        f'Cannot write the predictions to {output_dir} ({e.strerror or e}): '
+        'pass a writable --output=DIR.') from None
+  return files
 
 
 def predict_folder(config: ml_collections.ConfigDict, model: nnx.Module,
@@ -75,34 +145,37 @@ def predict_folder(config: ml_collections.ConfigDict, model: nnx.Module,
 
   Writes <name>_mask.png (palette PNG whose values are class ids),
   <name>_overlay.png, and predictions.json (class fractions per image).
+  <name> is the file's stem, or stem_ext when two files share a stem. A
+  file that cannot be read or segmented is named, skipped and counted.
+
+  Raises:
+    DatasetError: no image could be segmented (or the folders are unusable).
   """
-  source = epath.Path(images_dir)
-  if not source.is_dir():
-    raise DatasetError(f'--images={images_dir} is not a folder of images.')
-  files = sorted(p for p in source.iterdir() if p.is_file())
-  if not files:
-    raise DatasetError(f'--images={images_dir} holds no files.')
+  files = check_folders(images_dir, output_dir)
   out = epath.Path(output_dir)
-  out.mkdir(parents=True, exist_ok=True)
+  names = output_names(files)
   class_names = dataset_class_names(config)
   palette = dataset_spec(config.data.dataset).palette
   segment = make_segmenter(model, config)
-  results, skipped = {}, []
+  results, skipped = {}, {}
   progress = Progress('predict', len(files))
   for path in files:
     try:
-      photo = read_photo(path)
-    except (OSError, ValueError, SyntaxError) as e:
-      print(f'\nSkipping {path}: not a readable image ({e}).',
-            file=sys.stderr, flush=True)
-      skipped.append(str(path))
+      photo = read_photo(path, config.eval.max_image_pixels)
+      classes, _ = segment(photo)
+    except Exception as e:  # pylint: disable=broad-except
+      # One bad file (not an image, a decompression bomb, a truncated
+      # JPEG) must not cost the others their results.
+      reason = (str(e) if isinstance(e, ImageTooLargeError)
+                else f'not a readable image ({type(e).__name__}: {e})')
+      print(f'\nSkipping {path}: {reason}.', file=sys.stderr, flush=True)
+      skipped[str(path)] = reason
       progress.update()
       continue
-    classes, _ = segment(photo)
-    stem = path.stem
-    visualize.save_mask_png(classes, out / f'{stem}_mask.png', palette)
+    name = names[path]
+    visualize.save_mask_png(classes, out / f'{name}_mask.png', palette)
     visualize.save_png(visualize.overlay(photo, classes, palette),
-                       out / f'{stem}_overlay.png')
+                       out / f'{name}_overlay.png')
     counts = np.bincount(classes.reshape(-1), minlength=len(class_names))
     results[path.name] = {
         name: round(float(c) / classes.size, 4)
@@ -110,7 +183,15 @@ def predict_folder(config: ml_collections.ConfigDict, model: nnx.Module,
     }
     progress.update()
   progress.close()
-  summary = {'images': len(results), 'skipped': skipped,
+  summary = {'images': len(results), 'skipped': sorted(skipped),
+             'skip_reasons': skipped,
+             'outputs': {p.name: names[p] for p in files
+                         if p.name in results},
              'class_fractions': results}
   (out / 'predictions.json').write_text(json.dumps(summary, indent=2))
+  if not results:
+    raise DatasetError(
+        f'None of the {len(files)} file(s) in {images_dir} could be '
+        f'segmented (see the lines above; {out}/predictions.json lists '
+        'them): give a folder of JPEG or PNG photos.')
   return summary

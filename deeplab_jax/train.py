@@ -1,4 +1,4 @@
-"""Training: one jitted, data-parallel train step; orbax resume; clu metrics.
+"""Training: one jitted, data-parallel train step; orbax resume; TensorBoard.
 
 The train step runs on a 1-D mesh over every device of every process: the
 global batch is sharded on the 'data' axis, parameters are replicated, and
@@ -24,7 +24,8 @@ from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from deeplab_jax import checkpoints, distributed, evaluate, losses, optim
+from deeplab_jax import (checkpoints, distributed, evaluate, losses,
+                         metric_writers, optim)
 from deeplab_jax.data import pipeline
 from deeplab_jax.data.datasets import dataset_spec
 from deeplab_jax.errors import NonFiniteLossError
@@ -84,10 +85,15 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     updates, opt_state = tx.update(grads, state.opt_state, state.params,
                                    value=loss)
     params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss)
     new_state = TrainState(state.step + 1, params, new_stats, opt_state,
                            state.rng)
-    # A non-finite loss leaves the state untouched; the loop then stops.
+    # A step is accepted only if the loss and everything it produces
+    # (parameters, BatchNorm statistics, optimizer state) are finite: one
+    # reduction XLA fuses into the step, no extra host sync. A rejected step
+    # leaves the state untouched (so no checkpoint ever holds a non-finite
+    # value); the loop then stops.
+    state_finite = all_finite((params, new_stats, opt_state))
+    finite = jnp.isfinite(loss) & state_finite
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                              new_state, state)
     valid = labels != ignore_label
@@ -99,10 +105,19 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
         'pixel_accuracy': jnp.sum(correct) / jnp.maximum(jnp.sum(valid), 1),
         'learning_rate': schedule(state.step),
         'finite': finite,
+        'state_finite': state_finite,
     }
     return new_state, metrics
 
   return train_step
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """True when every floating-point value of `tree` is finite (one fused
+  reduction)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 # ---------------------------------------------------------------- setup
@@ -173,31 +188,41 @@ class Trainer:
 
 
 class _StopFlag:
-  """Set by SIGTERM (preemption); the loop saves and exits at a step end."""
+  """Set by SIGTERM (preemption) or Ctrl-C (SIGINT): the loop saves a
+  checkpoint and exits at the end of the step. A second Ctrl-C exits at
+  once (KeyboardInterrupt), as a user pressing it twice expects."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.raised = False
-    self._previous = None
+    self.raised: str | None = None
+    self._previous: dict[int, Any] = {}
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # Not the main thread (notebooks): no handler.
-      self._previous = None
+    for signum in self.SIGNALS:
+      try:
+        self._previous[signum] = signal.signal(signum, self._handle)
+      except ValueError:  # Not the main thread (notebooks): no handler.
+        pass
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.raised = True
+    del frame
+    if signum == signal.SIGINT and self.raised == 'Ctrl-C':
+      raise KeyboardInterrupt  # The second Ctrl-C.
+    self.raised = 'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'
+    if signum == signal.SIGINT:
+      print('\nCtrl-C: saving a checkpoint at the end of this step (press '
+            'again to quit without saving).', flush=True)
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
   def any_process(self) -> bool:
     if jax.process_count() == 1:
-      return self.raised
-    flags = multihost_utils.process_allgather(np.int32(self.raised))
+      return self.raised is not None
+    flags = multihost_utils.process_allgather(np.int32(self.raised is not None))
     return bool(np.any(flags))
 
 
@@ -211,10 +236,14 @@ def _check_finite(step: int, metrics: dict[str, jax.Array],
           'is kept and was not overwritten'
           if last is not None else 'No checkpoint had been written yet')
   loss = float(metrics['loss'])
+  what = (f'The training loss became {loss}' if not np.isfinite(loss) else
+          f'The parameters, BatchNorm statistics or optimizer state became '
+          f'non-finite (loss {loss:.4g})')
   raise NonFiniteLossError(
-      f'The training loss became {loss} at step {step}; training stopped. '
-      f'{kept}. Lower config.train.learning_rate (or add warmup_steps), check '
-      'the data, then run again: it resumes from the last checkpoint.')
+      f'{what} at step {step}; training stopped and that step was not '
+      f'applied. {kept}. Lower config.train.learning_rate (or add '
+      'warmup_steps), check the data, then run again: it resumes from the '
+      'last checkpoint.')
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *,
@@ -240,6 +269,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
       config.train.batch_size, mesh)
   source = pipeline.data_source(config.data, config.data.train_split)
   num_steps = optim.num_train_steps(config.train, len(source))
+  if config.train.num_epochs is not None:
+    print(f'config.train.num_epochs = {config.train.num_epochs} gives '
+          f'{num_steps} steps of {config.train.batch_size} on {len(source)} '
+          f'images; config.train.num_steps ({config.train.num_steps}) is not '
+          'used (set --config.train.num_epochs=None to use it).', flush=True)
   trainer = Trainer(config, num_steps, mesh)
   checkpointer = checkpoints.Checkpointer(
       workdir, max_to_keep=config.train.keep_checkpoints)
@@ -262,18 +296,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                  len(report['skipped']), ', '.join(report['skipped'][:5]))
   trainer.place()
 
-  # clu's TensorBoard writer imports TensorFlow: only when really training.
-  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
-  writer = metric_writers.create_default_writer(
+  writer = metric_writers.MetricWriter(
       workdir, just_logging=jax.process_index() > 0)
   if latest is None:
     writer.write_hparams({
         k: v for k, v in _flatten_config(config).items()
         if isinstance(v, (int, float, str, bool))
     })
-  report_progress = periodic_actions.ReportProgress(
+  report_progress = metric_writers.ProgressReport(
       num_train_steps=num_steps, writer=writer,
-      every_steps=config.train.log_every_steps)
+      every_steps=config.train.log_every_steps,
+      first_step=int(trainer.state.step))
   prefetcher = distributed.Prefetcher(
       data_iterator,
       lambda batch: distributed.to_global(batch, trainer.data_sharding))
@@ -313,7 +346,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           checkpointer.save(step, trainer.state, data_state)
         if stopping:
           checkpointer.wait()
-          why = 'SIGTERM' if step != stop_after else 'stop_after'
+          why = (stop.raised or 'another process') if step != stop_after \
+              else 'stop_after'
           message = (f'Stopped by {why} at step {step}; saved checkpoint '
                      f'{checkpointer.path(step)}. Run the same command to '
                      'resume.')
@@ -329,7 +363,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   finally:
     prefetcher.close()
     checkpointer.wait()
-    writer.flush()
+    writer.close()
   checkpointer.close()
   last_logged['final_step'] = step
   return last_logged
@@ -350,7 +384,7 @@ def _write_train_metrics(writer: Any, step: int,
                          window: list[dict[str, jax.Array]]
                          ) -> dict[str, Any]:
   window = jax.device_get(window)
-  names = [k for k in window[0] if k != 'finite']
+  names = [k for k in window[0] if k not in ('finite', 'state_finite')]
   means = {f'train/{k}': float(np.mean([m[k] for m in window]))
            for k in names}
   writer.write_scalars(step, means)

@@ -15,7 +15,8 @@ from deeplab_jax.errors import ConfigError
 from deeplab_jax.models import backbones
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIG_FILES = sorted((REPO / 'configs').glob('*.py'))
+CONFIG_FILES = sorted(p for p in (REPO / 'configs').glob('*.py')
+                      if not p.name.startswith('_'))
 
 
 def _load(path):
@@ -231,3 +232,43 @@ def test_backbone_keys_are_the_backbones_own():
                      r"\['multi_grid'\] that backbone 'mobilenet_v2' does "
                      r'not take.*backbone_config'):
     validate_config(config)
+
+
+def test_none_and_list_literals_override_from_the_command_line():
+  from deeplab_jax import cli  # pylint: disable=g-import-not-at-top
+  argv = ['main.py', '--config.train.num_epochs=None',
+          '--config.model.head.dpc_branches=[{"kernel": 1, "rate": [1, 1], '
+          '"op": "conv", "input": -1}]', '--config.train.batch_size=3']
+  rest, literals = cli.split_literal_overrides(argv)
+  assert rest == ['main.py', '--config.train.batch_size=3']
+  config = _load(REPO / 'configs' / 'voc_seed.py')
+  assert config.train.num_epochs == 120.0
+  cli.apply_literal_overrides(config, literals)
+  assert config.train.num_epochs is None
+  assert config.model.head.dpc_branches == [
+      {'kernel': 1, 'rate': [1, 1], 'op': 'conv', 'input': -1}]
+  validate_config(config)
+  with pytest.raises(ConfigError, match=r'config.model.head.dpc_branches '
+                     r'takes a list, written as JSON or a Python literal'):
+    cli.split_literal_overrides(['--config.model.head.dpc_branches=[oops'])
+  required = default_config()
+  cli.apply_literal_overrides(required, {'train.num_steps': None})
+  with pytest.raises(ConfigError, match=r'config.train.num_steps = None is '
+                     r'not allowed: use an integer >= 1'):
+    validate_config(required)
+
+
+def test_main_takes_a_dpc_branch_list_and_none():
+  result = subprocess.run(
+      [sys.executable, 'main.py', '--config=voc_seed', '--mode=summary',
+       '--config.train.num_epochs=None',
+       "--config.model.head.dpc_branches=[{'kernel': 3, 'rate': [1, 6], "
+       "'op': 'conv', 'input': -1}]"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  # One DPC branch of 256 channels: the projection reads 256, not 5 * 256.
+  rows = _rows(result.stdout.split('\n\n')[0])
+  seed = subprocess.run(
+      [sys.executable, 'main.py', '--config=voc_seed', '--mode=summary'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert rows['head'][0] < _rows(seed.stdout.split('\n\n')[0])['head'][0]

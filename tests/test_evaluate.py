@@ -58,17 +58,16 @@ def test_evaluation_during_training_compiles_once(voc_run):
 
 
 def _events(workdir, tag):
+  """The scalar events TensorBoard reads from `workdir` under `tag`."""
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
   accumulator = event_accumulator.EventAccumulator(str(workdir))
   accumulator.Reload()
-  return accumulator.Tensors(tag)
+  return accumulator.Scalars(tag)
 
 
 def _logged(workdir, tag):
-  """The values clu wrote to TensorBoard under `tag`, in step order."""
-  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
-  return [float(tensor_util.make_ndarray(e.tensor_proto))
-          for e in _events(workdir, tag)]
+  """The values written to TensorBoard under `tag`, in step order."""
+  return [e.value for e in _events(workdir, tag)]
 
 
 def _steps(workdir, tag):
@@ -243,3 +242,16 @@ def test_restore_model_reads_weights_only(voc_run):
     np.testing.assert_array_equal(restored[key], value)
   with pytest.raises(CheckpointError, match='No checkpoint'):
     checkpoints.restore_model(config, str(workdir / 'nothing'))
+
+
+def test_follow_on_a_mistyped_workdir_stops_with_one_message(voc_run,
+                                                             tmp_path):
+  config, _, _ = voc_run
+  config = config.copy_and_resolve_references()
+  config.eval.follow_timeout = 0.5
+  missing = tmp_path / 'runs' / 'typo'
+  with pytest.raises(CheckpointError, match=r'No checkpoint appeared in .*'
+                     r'typo/checkpoints within 0 s \(config.eval.'
+                     r'follow_timeout\)'):
+    evaluate.follow(config, str(missing), poll_seconds=0.1)
+  assert not missing.exists()  # Nothing was created there.

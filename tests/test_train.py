@@ -159,6 +159,42 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(
   assert all(np.all(np.isfinite(v)) for v in weights.values())
 
 
+def test_non_finite_state_with_a_finite_loss_is_never_kept(
+    voc_config, tmp_path, monkeypatch):
+  """The loss stays finite but the gradients turn NaN at step 4: the step
+  is rejected, the kept checkpoint (step 2) is finite, evaluation would
+  refuse a non-finite one, and resuming without the fault trains on."""
+  real_loss = losses.softmax_cross_entropy
+
+  def nan_gradients_from_step_3(logits, labels, *, step, **kwargs):
+    loss = real_loss(logits, labels, step=step, **kwargs)
+    # sqrt(0 * |x| + u) - u with u = 1 before step 3, 0 from it: the value
+    # is always 0, the gradient 0 before and 0 * inf = NaN from step 3.
+    u = jax.numpy.where(step >= 3, 0.0, 1.0)
+    return loss + jax.numpy.sqrt(
+        jax.numpy.abs(jax.numpy.sum(logits)) * 0.0 + u) - u
+
+  monkeypatch.setattr(losses, 'softmax_cross_entropy',
+                      nan_gradients_from_step_3)
+  config = voc_config.copy_and_resolve_references()
+  workdir = tmp_path / 'nan_state'
+  with pytest.raises(NonFiniteLossError) as error:
+    train.train(config, str(workdir))
+  message = str(error.value)
+  assert ('BatchNorm statistics or optimizer state became non-finite'
+          in message and 'at step 4' in message), message
+  assert 'last good checkpoint (step 2' in message
+  model, step = checkpoints.restore_model(config, str(workdir))  # Finite.
+  assert step == 2
+  # A checkpoint with a NaN in it is refused by the inference loader.
+  weights = checkpoints.module_weights(model)
+  assert all(np.all(np.isfinite(v)) for v in weights.values())
+  monkeypatch.setattr(losses, 'softmax_cross_entropy', real_loss)
+  result = train.train(config, str(workdir), stop_after=4)
+  assert result['final_step'] == 4
+  assert np.isfinite(result['train/loss'])
+
+
 def _main(workdir, config_args, **popen_kwargs):
   return subprocess.Popen(
       [sys.executable, 'main.py', '--config=configs/demo.py',
@@ -202,6 +238,17 @@ def test_sigterm_saves_and_sigkill_after_a_checkpoint_resumes(
   output, _ = first.communicate(timeout=120)
   assert first.returncode == 0, output[-4000:]
   assert 'Stopped by SIGTERM at step' in output
+  stopped_at = max(checkpoints.Checkpointer(workdir, read_only=True)
+                   .all_steps())
+  assert stopped_at < steps
+  # Ctrl-C (SIGINT) does the same: a checkpoint, a clean exit, no traceback.
+  interrupted = _main(workdir, args)
+  _wait_for_checkpoint_after(workdir, stopped_at, interrupted)
+  interrupted.send_signal(signal.SIGINT)
+  output, _ = interrupted.communicate(timeout=120)
+  assert interrupted.returncode == 0, output[-4000:]
+  assert 'Stopped by Ctrl-C at step' in output
+  assert 'Traceback' not in output and 'KeyboardInterrupt' not in output
   stopped_at = max(checkpoints.Checkpointer(workdir, read_only=True)
                    .all_steps())
   assert stopped_at < steps

@@ -28,8 +28,9 @@ def _tensorflow():
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise MissingDependencyError(
-        'Reading TF checkpoints needs TensorFlow: pip install tensorflow-cpu '
-        '(or use the TFLite exports, which need only ai-edge-litert).') from e
+        'Reading TF model-zoo checkpoints needs TensorFlow, an optional extra: '
+        'pip install "deeplab_jax[tf]" (or pip install -r requirements-tf.txt);'
+        ' the TFLite exports need no TensorFlow.') from e
   return tf
 
 

@@ -46,8 +46,8 @@ def interpreter(path: str | os.PathLike):
     from ai_edge_litert import interpreter as litert  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise MissingDependencyError(
-        'Reading .tflite files needs the LiteRT interpreter: pip install '
-        'ai-edge-litert (or pip install ".[tflite]").') from e
+        'Reading .tflite files needs the LiteRT interpreter, which the '
+        'install includes: pip install ai-edge-litert') from e
   if not os.path.exists(path):
     raise WeightImportError(f'{path} does not exist.')
   try:

@@ -1,0 +1,154 @@
+"""Command line: train, evaluate, predict, or summarise a DeepLab model.
+
+    python main.py --config=configs/voc.py --workdir=runs/voc
+    python main.py --config=configs/voc.py --workdir=runs/voc --mode=eval
+    python main.py --config=configs/voc.py --workdir=runs/voc --mode=predict --images=DIR
+    deeplab-jax --config=voc --mode=summary     # installed: a config by name
+
+`--config` takes a config file's path or the name of a shipped config
+(`voc`, `demo`, `voc_pretrained:mnv2_pascal_quant_513`, ...), which works
+from any folder once the package is installed. Any config field can be
+overridden, e.g. --config.train.batch_size=8.
+"""
+
+import logging as std_logging
+import os
+import sys
+
+# TensorFlow (only the optional TF-checkpoint reader imports it) logs its CPU
+# features.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+# grain's worker processes leave their last prefetched batches in shared
+# memory when training ends; multiprocessing's resource tracker frees them
+# and warns about each. The warning is noise: nothing leaks past exit.
+os.environ.setdefault(
+    'PYTHONWARNINGS', 'ignore::UserWarning:multiprocessing.resource_tracker')
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from deeplab_jax.errors import DeepLabError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    'config', None, 'A configs/*.py file; fields can be overridden with '
+    '--config.<key>=<value>.', lock_config=True)
+flags.DEFINE_string('workdir', None,
+                    'Directory for checkpoints, metrics and results.')
+flags.DEFINE_enum('mode', 'train',
+                  ['train', 'eval', 'predict', 'summary', 'prepare'],
+                  'train (resumes from --workdir), eval, predict, summary '
+                  '(parameter counts), prepare (build the dataset only).')
+flags.DEFINE_string('images', None, 'Folder of images to segment (predict).')
+flags.DEFINE_string('output', None,
+                    'Where predict writes (default <workdir>/predictions).')
+flags.DEFINE_bool('follow', False,
+                  'eval: evaluate each new checkpoint while training runs.')
+flags.DEFINE_string('coordinator_address', None,
+                    'Several hosts: host:port of process 0 '
+                    '(jax.distributed.initialize).')
+flags.DEFINE_integer('num_processes', None, 'Several hosts: process count.')
+flags.DEFINE_integer('process_id', None, 'Several hosts: this process.')
+flags.DEFINE_bool('distributed', False,
+                  'Call jax.distributed.initialize() with cluster '
+                  'auto-detection (SLURM, TPU pods, ...).')
+flags.mark_flags_as_required(['config'])
+
+
+def run(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  # Imported here so that --help answers without loading JAX.
+  from deeplab_jax import cli, distributed  # pylint: disable=import-outside-toplevel
+  if FLAGS.distributed or FLAGS.coordinator_address:
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                           FLAGS.process_id)
+  cli.run(FLAGS.config, mode=FLAGS.mode, workdir=FLAGS.workdir,
+          images=FLAGS.images, output=FLAGS.output, follow=FLAGS.follow)
+
+
+def _fail(message: str) -> None:
+  logging.flush()
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(1)
+
+
+def _resolve_config_flag(argv: list[str]) -> list[str]:
+  """--config=NAME (a shipped config) -> --config=<its packaged path>."""
+  from deeplab_jax.config import resolve_config_path  # pylint: disable=g-import-not-at-top
+  out = list(argv)
+  try:
+    for i, arg in enumerate(out):
+      if arg.startswith('--config=') and not arg.startswith('--config.'):
+        out[i] = '--config=' + resolve_config_path(arg[len('--config='):])
+      elif arg == '--config' and i + 1 < len(out):
+        out[i + 1] = resolve_config_path(out[i + 1])
+  except DeepLabError as e:
+    _fail(str(e))
+  return out
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with one clear message for a bad --config.* flag.
+
+  `--config.KEY=None` (any optional key) and list values such as
+  `--config.model.head.dpc_branches='[{...}, ...]'` (a JSON or Python
+  literal), which ml_collections' flag parser refuses, are applied after it.
+  """
+  from deeplab_jax import cli  # pylint: disable=g-import-not-at-top
+  argv = _resolve_config_flag(argv)
+  try:
+    argv, literals = cli.split_literal_overrides(argv)
+  except DeepLabError as e:
+    _fail(str(e))
+  # ml_collections finds the --config.* overrides in sys.argv itself.
+  sys.argv = list(argv)
+  try:
+    remaining = FLAGS(argv)
+  except flags.Error as e:
+    _fail(f'{e}\nPass --helpfull to see the flags.')
+  except Exception as e:  # pylint: disable=broad-except
+    # ml_collections raises plain AttributeError/KeyError/TypeError for an
+    # unknown or mistyped --config.<key>; name the key and the known ones.
+    _fail(cli.diagnose_override(argv) or f'{type(e).__name__}: {e}')
+  try:
+    cli.apply_literal_overrides(FLAGS.config, literals)
+  except DeepLabError as e:
+    _fail(str(e))
+  return remaining
+
+
+class _OwnInfoOnly(std_logging.Filter):
+  """Keeps INFO lines of this project (progress reports included); the
+  libraries' INFO chatter (orbax writes dozens of lines per checkpoint)
+  stays out. Warnings and errors always pass."""
+
+  _KEEP = ('deeplab_jax', 'main.py')
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or any(
+        k in record.pathname for k in self._KEEP)
+
+
+def main(argv) -> None:
+  logging.get_absl_handler().addFilter(_OwnInfoOnly())
+  try:
+    run(argv)
+  except DeepLabError as e:
+    _fail(str(e))
+  except KeyboardInterrupt:
+    # Ctrl-C outside the training loop (which saves and exits cleanly), or
+    # a second Ctrl-C: stop without a traceback.
+    logging.flush()
+    print('Interrupted.', file=sys.stderr)
+    sys.exit(130)
+
+
+def console_main() -> None:
+  """The `deeplab-jax` command (and `python main.py`)."""
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  console_main()
