@@ -81,6 +81,24 @@ class Checkpointer:
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
+  def restore_newest(self, abstract_state: Any, data_iterator: Any
+                     ) -> tuple[Any, int | None, list[str]]:
+    """(state, step, notes): the newest checkpoint that restores, trying
+    older ones when the newest is incomplete or unreadable (a run killed
+    while saving, a disk that filled up). Raises the newest's error when
+    none restores (e.g. the config changed)."""
+    notes, first_error = [], None
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        return self.restore(step, abstract_state, data_iterator), step, notes
+      except CheckpointError as e:
+        first_error = first_error or e
+        notes.append(f'checkpoint {self.path(step)} is unusable '
+                     f'({str(e.__cause__ or e).splitlines()[0][:200]})')
+    if first_error is not None:
+      raise first_error
+    return None, None, notes
+
   def restore(self, step: int, abstract_state: Any,
               data_iterator: Any | None = None) -> Any:
     """The train state at `step`; also rewinds `data_iterator` if given."""
@@ -89,11 +107,13 @@ class Checkpointer:
       items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+      first_line = str(e).strip().splitlines()[0][:300] if str(e) else ''
       raise CheckpointError(
-          f'The checkpoint {self.path(step)} does not fit this config ({e}). '
-          'Train in a new --workdir, or use the config it was trained with.'
-      ) from e
+          f'The checkpoint {self.path(step)} does not fit this config or is '
+          f'incomplete ({type(e).__name__}: {first_line}). Train in a new '
+          '--workdir, or use the config it was trained with (config.json '
+          'beside it).') from e
     return restored['state']
 
   def restore_weights(self, step: int, abstract_weights: dict[str, Any]

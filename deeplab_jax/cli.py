@@ -29,6 +29,19 @@ def _require_workdir(mode: str, workdir: str | None) -> str:
   return os.path.abspath(os.path.expanduser(workdir))
 
 
+def ensure_writable(directory: str, flag: str) -> None:
+  """ConfigError before any work when `directory` cannot be written."""
+  try:
+    os.makedirs(directory, exist_ok=True)
+    probe = os.path.join(directory, '.write_test')
+    with open(probe, 'w', encoding='utf-8'):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f'Cannot write to {directory} ({e.strerror}): pass a '
+                      f'writable {flag}.') from None
+
+
 def inference_model(config: Any, workdir: str | None
                     ) -> tuple[nnx.Module, int | None]:
   """The model for eval/predict, at config.eval.output_stride: from the
@@ -175,6 +188,8 @@ def run(config: Any, *, mode: str, workdir: str | None = None,
     return result
   if mode == 'eval':
     workdir = _require_workdir(mode, workdir)
+    if not follow:  # --follow creates nothing before a checkpoint appears.
+      ensure_writable(os.path.join(workdir, 'eval'), '--workdir')
     if follow:
       return evaluate.follow(config, workdir)
     model, step = inference_model(config, workdir)

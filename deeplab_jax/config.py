@@ -144,7 +144,14 @@ def default_config() -> ml_collections.ConfigDict:
   t.regularize_depthwise = False  # The reference does not decay them.
   t.top_k_percent_pixels = 1.0  # < 1: hard-pixel mining.
   t.hard_example_mining_step = 0  # Steps over which top-k anneals from 1.
-  t.freeze_batch_norm = False  # Use moving statistics (fine-tuning).
+  # BatchNorm in training: None (automatic) freezes it (moving statistics,
+  # fixed scale and offset... the reference's fine_tune_batch_norm=False)
+  # when the per-device batch is below batch_norm_min_batch, or when
+  # init_from has BatchNorm folded into the convolutions (the TFLite
+  # exports); True / False force it, with a warning when False is risky.
+  t.freeze_batch_norm = config_dict.placeholder(bool)
+  # The reference fine-tunes BatchNorm only with 12 or more images a device.
+  t.batch_norm_min_batch = 12
   t.bias_lr_multiplier = 2.0  # Reference: conv biases learn 2x faster.
   t.log_every_steps = 50
   t.checkpoint_every_steps = 1000
@@ -314,6 +321,7 @@ RULES: tuple[tuple[str, Check], ...] = (
     ('train.reduce_on_plateau_accumulation_steps', _int()),
     ('train.weight_decay', _number(0.0, 1.0)),
     ('train.bias_lr_multiplier', _number(0.0, 1000.0)),
+    ('train.batch_norm_min_batch', _int(1)),
     ('train.top_k_percent_pixels', _number(0.0, 1.0, lo_open=True)),
     ('train.hard_example_mining_step', _int(0)),
     ('train.log_every_steps', _int()),

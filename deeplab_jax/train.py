@@ -9,6 +9,7 @@ device or eight.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -25,10 +26,10 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from deeplab_jax import (checkpoints, distributed, evaluate, losses,
-                         metric_writers, optim)
+                         metric_writers, optim, workdir_lock)
 from deeplab_jax.data import pipeline
 from deeplab_jax.data.datasets import dataset_spec
-from deeplab_jax.errors import NonFiniteLossError
+from deeplab_jax.errors import CheckpointError, NonFiniteLossError
 from deeplab_jax.models import create_model, with_output_stride
 from deeplab_jax.weights import pretrained
 
@@ -46,10 +47,52 @@ class TrainState:
 # ------------------------------------------------------------ train step
 
 
+def batch_norm_policy(config: ml_collections.ConfigDict, devices: int
+                      ) -> tuple[bool, str, str | None]:
+  """(freeze BatchNorm?, why, a warning or None) for a run.
+
+  Automatic (`train.freeze_batch_norm` None): frozen when the per-device
+  batch is below `train.batch_norm_min_batch` (the reference fine-tunes
+  BatchNorm only with 12 or more images per device) or when `init_from`
+  has folded BatchNorm (TFLite exports: their identity statistics would be
+  replaced by batch statistics the weights never saw). Decided from the
+  config alone, so a resumed run decides the same way.
+  """
+  t = config.train
+  per_device = t.batch_size // max(devices, 1)
+  small = per_device < t.batch_norm_min_batch
+  folded = pretrained.has_folded_batch_norm(t.init_from)
+  risks = []
+  if small:
+    risks.append(f'{per_device} image(s) per device is below '
+                 f'config.train.batch_norm_min_batch = '
+                 f'{t.batch_norm_min_batch}, too few for stable batch '
+                 'statistics')
+  if folded:
+    risks.append(f'{t.init_from} has BatchNorm folded into its convolutions,'
+                 ' which batch statistics would undo')
+  if t.freeze_batch_norm is None:
+    if risks:
+      return True, 'BatchNorm frozen (moving statistics): ' + '; '.join(
+          risks) + '.', None
+    return False, (f'BatchNorm trains on batch statistics ({per_device} '
+                   'images per device).'), None
+  if t.freeze_batch_norm:
+    return True, 'BatchNorm frozen (config.train.freeze_batch_norm=True).', None
+  warning = None
+  if risks:
+    warning = ('config.train.freeze_batch_norm=False trains BatchNorm on '
+               'batch statistics although ' + '; '.join(risks) + ': a '
+               'pretrained model can lose most of its accuracy within a few '
+               'dozen steps. Leave it unset (automatic) unless you mean it.')
+  return False, 'BatchNorm trains on batch statistics (forced).', warning
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict,
                     masks: optim.ParameterMasks,
-                    schedule: optax.Schedule) -> Callable:
+                    schedule: optax.Schedule,
+                    freeze_batch_norm: bool) -> Callable:
   """The (unjitted) train step: (state, batch) -> (state, metrics).
 
   The L2 term and the bias multiplier live in `tx` (masked transforms);
@@ -66,7 +109,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
       # The L2 term is in the optimizer (its gradient, masked): outside the
       # differentiated loss, it is reported and drives the plateau.
       model = nnx.merge(graphdef, params, state.batch_stats, copy=True)
-      if t.freeze_batch_norm:
+      if freeze_batch_norm:
         model = nnx.view(model, use_running_average=True)
       logits = model(batch['image'], rngs=nnx.Rngs(dropout=dropout_key))
       cross_entropy = losses.softmax_cross_entropy(
@@ -148,8 +191,13 @@ class Trainer:
         rng=jax.random.PRNGKey(config.seed + 1))
     self.replicated = distributed.replicated(self.mesh)
     self.data_sharding = distributed.data_sharding(self.mesh)
+    self.freeze_batch_norm, self.batch_norm_reason, warning = (
+        batch_norm_policy(config, self.mesh.devices.size))
+    logging.info('%s', self.batch_norm_reason)
+    if warning:
+      logging.warning('%s', warning)
     step_fn = make_train_step(self.graphdef, self.tx, config, self.masks,
-                              self.schedule)
+                              self.schedule, self.freeze_batch_norm)
     self.train_step = jax.jit(
         step_fn, in_shardings=(self.replicated, self.data_sharding),
         out_shardings=(self.replicated, self.replicated), donate_argnums=0)
@@ -260,10 +308,41 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     The last logged training metrics and the final step.
   """
   workdir_path = epath.Path(workdir)
-  workdir_path.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
-    (workdir_path / 'config.json').write_text(config.to_json_best_effort(
-        indent=2))
+  try:
+    workdir_path.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise CheckpointError(f'Cannot create the workdir {workdir} '
+                          f'({e.strerror}): pass a writable --workdir.'
+                          ) from None
+  # One trainer per workdir (process 0 holds the lock for the cluster).
+  lock = (workdir_lock.WorkdirLock(workdir) if jax.process_index() == 0
+          else contextlib.nullcontext())
+  with lock:
+    return _train(config, workdir, stop_after)
+
+
+def _record_config(workdir: str, config: ml_collections.ConfigDict,
+                   resumed_from: int | None) -> None:
+  """config.json describes the checkpoints: written once the run has
+  really started; a resumed run with another config keeps the previous one
+  as config.<step>.json (the config that trained up to that step)."""
+  if jax.process_index() != 0:
+    return
+  path = epath.Path(workdir) / 'config.json'
+  text = config.to_json_best_effort(indent=2)
+  if path.exists() and resumed_from is not None:
+    previous = path.read_text()
+    if previous != text:
+      (epath.Path(workdir) / f'config.{resumed_from}.json').write_text(
+          previous)
+      print(f'The config differs from the one that trained up to step '
+            f'{resumed_from}: that one is kept as config.{resumed_from}.json',
+            flush=True)
+  path.write_text(text)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str,
+           stop_after: int | None) -> dict[str, Any]:
   mesh = distributed.make_mesh()
   local_batch_size = distributed.per_process_batch_size(
       config.train.batch_size, mesh)
@@ -280,10 +359,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   data_iterator = iter(pipeline.train_loader(
       config, batch_size=local_batch_size, source=source))
 
-  latest = checkpointer.latest_step()
+  try:
+    state, latest, notes = checkpointer.restore_newest(
+        trainer.abstract_state(), data_iterator)
+  except BaseException:
+    checkpointer.close()
+    raise
+  for note in notes:
+    logging.warning('%s', note)
+    print(f'Skipping: {note}.', flush=True)
   if latest is not None:
-    trainer.state = checkpointer.restore(latest, trainer.abstract_state(),
-                                         data_iterator)
+    trainer.state = state
     logging.info('Resuming from step %d (checkpoint: %s).', latest,
                  checkpointer.path(latest))
     print(f'Resuming from step {latest} (checkpoint: '
@@ -295,6 +381,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                  'differs: %s)', config.train.init_from, report['loaded'],
                  len(report['skipped']), ', '.join(report['skipped'][:5]))
   trainer.place()
+  _record_config(workdir, config, latest)
 
   writer = metric_writers.MetricWriter(
       workdir, just_logging=jax.process_index() > 0)
@@ -361,10 +448,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           last_logged['eval'] = {k: summary[k] for k in
                                  ('miou', 'pixel_accuracy', 'images', 'step')}
   finally:
+    # Every exit path (an error included) closes what it opened, so a
+    # failure prints its one message and nothing else.
     prefetcher.close()
-    checkpointer.wait()
     writer.close()
-  checkpointer.close()
+    checkpointer.close()
   last_logged['final_step'] = step
   return last_logged
 

@@ -150,6 +150,8 @@ def voc_train_config(data_dir, manual_dir, **train_overrides):
   config.train.num_steps = 30
   config.train.log_every_steps = 5
   config.train.checkpoint_every_steps = 2
+  # Train BatchNorm at batch 4 (automatic mode would freeze it below 12).
+  config.train.batch_norm_min_batch = 1
   for key, value in train_overrides.items():
     config.train[key] = value
   return config

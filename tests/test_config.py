@@ -272,3 +272,14 @@ def test_main_takes_a_dpc_branch_list_and_none():
       [sys.executable, 'main.py', '--config=voc_seed', '--mode=summary'],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert rows['head'][0] < _rows(seed.stdout.split('\n\n')[0])['head'][0]
+
+
+def test_unwritable_eval_folder_is_one_message_before_any_work(tmp_path):
+  from deeplab_jax import cli  # pylint: disable=g-import-not-at-top
+  blocked = tmp_path / 'file'
+  blocked.write_text('a file where the workdir should be')
+  with pytest.raises(ConfigError, match=r'Cannot write to .*file/eval.*pass '
+                     r'a writable --workdir'):
+    cli.ensure_writable(str(blocked / 'eval'), '--workdir')
+  cli.ensure_writable(str(tmp_path / 'ok' / 'eval'), '--workdir')
+  assert (tmp_path / 'ok' / 'eval').is_dir()

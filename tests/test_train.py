@@ -296,6 +296,7 @@ def test_frozen_batch_norm_trains_on_moving_statistics():
   config.model = tiny_model_config(**{'num_classes': 5})
   config.train.batch_size = 8
   config.train.learning_rate = 0.05
+  config.train.batch_norm_min_batch = 1
   moving = train.Trainer(config, num_steps=10)
   moving.place()
   before = stats(moving)
@@ -315,3 +316,76 @@ def test_frozen_batch_norm_trains_on_moving_statistics():
   metrics = frozen.step(batch)
   assert all(np.array_equal(before[k], v) for k, v in stats(frozen).items())
   assert float(metrics['cross_entropy']) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize('freeze,batch,init_from,frozen,warns', [
+    (None, 16, None, False, False),  # The reference recipe: BN trains.
+    (None, 4, None, True, False),  # Too few images per device.
+    (None, 16, 'model.tflite', True, False),  # Folded BatchNorm.
+    (None, 16, 'mnv2_dm05_pascal_float_257', True, False),  # A TFLite name.
+    (None, 16, 'mnv2_pascal_train_aug', False, False),  # TF checkpoint.
+    (True, 16, None, True, False),
+    (False, 4, None, False, True),  # Forced against the risk: a warning.
+    (False, 16, 'model.tflite', False, True),
+])
+def test_batch_norm_policy(freeze, batch, init_from, frozen, warns):
+  config = default_config()
+  config.train.freeze_batch_norm = freeze
+  config.train.batch_size = batch
+  config.train.init_from = init_from
+  got, reason, warning = train.batch_norm_policy(config, devices=1)
+  assert got == frozen, reason
+  assert (warning is not None) == warns
+  if warns:
+    assert 'lose most of its accuracy' in warning
+  if frozen and freeze is None:
+    assert 'batch_norm_min_batch' in reason or 'folded' in reason
+  # Per device: 16 over 4 devices is 4 images each.
+  config.train.freeze_batch_norm, config.train.init_from = None, None
+  config.train.batch_size = 16
+  assert train.batch_norm_policy(config, devices=4)[0]
+
+
+def test_a_second_trainer_on_the_workdir_gets_one_line(tmp_path):
+  from deeplab_jax.workdir_lock import WorkdirLock  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  with WorkdirLock(workdir):  # A trainer running.
+    result = subprocess.run(
+        [sys.executable, 'main.py', '--config=configs/demo.py',
+         f'--workdir={workdir}'], cwd=REPO, env=_env(), capture_output=True,
+        text=True, timeout=300)
+  assert result.returncode == 1
+  assert 'is being trained by another run (host ' in result.stderr
+  assert f'pid {os.getpid()}' in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert not (workdir / 'checkpoints').exists()
+  assert not (workdir / 'config.json').exists()  # Not overwritten either.
+  # Released: the lock file stays but binds nobody.
+  with WorkdirLock(workdir):
+    pass
+
+
+def test_resume_skips_an_incomplete_checkpoint_and_keeps_config_history(
+    voc_config, tmp_path):
+  config = voc_config.copy_and_resolve_references()
+  workdir = tmp_path / 'run'
+  train.train(config, str(workdir), stop_after=4)
+  # A checkpoint left half-written (its state holds only metadata), as two
+  # trainers racing once produced.
+  state = workdir / 'checkpoints' / '4' / 'state'
+  for child in state.iterdir():
+    if child.name not in ('_METADATA', 'commit_success.txt'):
+      if child.is_dir():
+        import shutil  # pylint: disable=g-import-not-at-top
+        shutil.rmtree(child)
+      else:
+        child.unlink()
+  config.train.log_every_steps = 2  # An allowed change: recorded.
+  result = train.train(config, str(workdir), stop_after=6)
+  assert result['final_step'] == 6
+  assert (workdir / 'config.4.json').exists() is False
+  history = workdir / 'config.2.json'
+  assert history.exists()  # The config that trained up to step 2.
+  assert '"log_every_steps": 5' in history.read_text()
+  assert '"log_every_steps": 2' in (workdir / 'config.json').read_text()

@@ -59,6 +59,12 @@ def prepare_dataset(data_config: Any) -> tfds.core.DatasetBuilder:
     found = _dataset_error_in_chain(e)
     if found is not None:
       raise found from None
+    if 'Failed to finalize writing of split' in str(e):
+      # TFDS's own words when a split got no example at all.
+      raise DatasetError(
+          f'{data_config.dataset}: a split came out empty ({e}): every file '
+          'it lists was missing or unreadable (the warnings above name '
+          'them). Check config.data.manual_dir.') from None
     raise
   return builder
 

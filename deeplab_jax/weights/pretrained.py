@@ -181,6 +181,18 @@ def _is_tf_checkpoint(path: str) -> bool:
               and not os.path.isdir(os.path.join(path, 'checkpoints'))))
 
 
+def has_folded_batch_norm(source: str | None) -> bool:
+  """Whether `config.train.init_from` names weights whose BatchNorm is
+  folded into the convolutions (identity statistics): the TFLite exports.
+  Training BatchNorm from such weights with batch statistics destroys them.
+  """
+  if not source:
+    return False
+  if source in MODELS:
+    return MODELS[source].format == 'tflite'
+  return str(source).split('?')[0].endswith('.tflite')
+
+
 def read_init_weights(source: str, config: Any
                       ) -> dict[tuple[str, ...], np.ndarray]:
   """{('params' | 'batch_stats', module path...): array} for `source`."""

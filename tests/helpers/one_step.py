@@ -36,6 +36,9 @@ def main() -> None:
   config.model = tiny_model_config(**{'num_classes': 5})
   config.train.batch_size = 8
   config.train.learning_rate = 0.05
+  # Train BatchNorm (its statistics must be the global batch's on any
+  # number of devices), though the per-device batch is small.
+  config.train.batch_norm_min_batch = 1
   trainer = train.Trainer(config, num_steps=10)
   trainer.place()
   rng = np.random.default_rng(0)

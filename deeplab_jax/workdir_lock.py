@@ -1,0 +1,59 @@
+"""One trainer per workdir: an exclusive lock on `<workdir>/train.lock`.
+
+The lock is an `fcntl.flock` on the file, which the operating system drops
+when the process ends however it ends (kill -9 included), so a stale lock
+cannot block the next run; the file records the holder's host, pid and start
+time for the message a second trainer gets.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import time
+
+from deeplab_jax.errors import CheckpointError
+
+LOCK_FILE = 'train.lock'
+
+
+class WorkdirLock:
+  """`with WorkdirLock(workdir):` holds the workdir for one training run.
+
+  Raises:
+    CheckpointError: another process holds it (naming host and pid), or
+      the workdir cannot be written.
+  """
+
+  def __init__(self, workdir: str | os.PathLike):
+    self.path = os.path.join(os.fspath(workdir), LOCK_FILE)
+    self._fd: int | None = None
+
+  def __enter__(self) -> 'WorkdirLock':
+    try:
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise CheckpointError(
+          f'Cannot write to the workdir {os.path.dirname(self.path)} '
+          f'({e.strerror}): pass a writable --workdir.') from None
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      holder = os.read(fd, 4096).decode(errors='replace').strip()
+      os.close(fd)
+      raise CheckpointError(
+          f'{os.path.dirname(self.path)} is being trained by another run '
+          f'({holder or "unknown process"}). Wait for it to finish or stop '
+          'it, or train in another --workdir.') from None
+    os.ftruncate(fd, 0)
+    os.write(fd, (f'host {socket.gethostname()}, pid {os.getpid()}, since '
+                  f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n').encode())
+    self._fd = fd
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
