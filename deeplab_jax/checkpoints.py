@@ -108,13 +108,47 @@ class Checkpointer:
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
-      first_line = str(e).strip().splitlines()[0][:300] if str(e) else ''
       raise CheckpointError(
-          f'The checkpoint {self.path(step)} does not fit this config or is '
-          f'incomplete ({type(e).__name__}: {first_line}). Train in a new '
+          f'The checkpoint {self.path(step)} '
+          f'{self._mismatch(step, abstract_state, e)}. Train in a new '
           '--workdir, or use the config it was trained with (config.json '
           'beside it).') from e
     return restored['state']
+
+  def _mismatch(self, step: int, abstract_state: Any,
+                error: Exception) -> str:
+    """What differs between a checkpoint and the state this config builds:
+    the first keys whose shapes differ or that only one side has (rather
+    than orbax's whole metadata tree)."""
+    try:
+      stored = ocp.PyTreeCheckpointer().metadata(
+          self.path(step) / 'state').item_metadata.tree
+      saved = {k: tuple(getattr(v, 'shape', ()) or ())
+               for k, v in flatten_state(stored).items()}
+    except Exception:  # pylint: disable=broad-except
+      first = str(error).strip().splitlines()[0][:200] if str(error) else ''
+      return f'is incomplete or unreadable ({type(error).__name__}: {first})'
+    saved = {(k[:-1] if k and k[-1] == 'value' else k): v
+             for k, v in saved.items()}
+    wanted = {k: tuple(v.shape) for k, v in
+              flatten_state(abstract_state).items()}
+    shape = [f'{"/".join(k)} {saved[k]} vs {wanted[k]} here'
+             for k in wanted if k in saved and saved[k] != wanted[k]]
+    only_here = ['/'.join(k) for k in wanted if k not in saved]
+    only_there = ['/'.join(k) for k in saved if k not in wanted]
+    parts = []
+    if shape:
+      parts.append(f'shapes differ ({len(shape)}): ' + '; '.join(shape[:3]))
+    if only_here:
+      parts.append(f'this config has {len(only_here)} arrays it lacks, e.g. '
+                   + ', '.join(only_here[:3]))
+    if only_there:
+      parts.append(f'it has {len(only_there)} arrays this config lacks, e.g. '
+                   + ', '.join(only_there[:3]))
+    if not parts:
+      first = str(error).strip().splitlines()[0][:200] if str(error) else ''
+      return f'is incomplete or unreadable ({type(error).__name__}: {first})'
+    return 'does not fit this config: ' + '; '.join(parts)
 
   def restore_weights(self, step: int, abstract_weights: dict[str, Any]
                       ) -> dict[str, Any]:

@@ -389,3 +389,77 @@ def test_resume_skips_an_incomplete_checkpoint_and_keeps_config_history(
   assert history.exists()  # The config that trained up to step 2.
   assert '"log_every_steps": 5' in history.read_text()
   assert '"log_every_steps": 2' in (workdir / 'config.json').read_text()
+
+
+def _children(pid):
+  """PIDs whose parent is `pid` (from /proc)."""
+  found = []
+  for entry in pathlib.Path('/proc').iterdir():
+    if entry.name.isdigit():
+      try:
+        fields = (entry / 'stat').read_text().rsplit(')', 1)[1].split()
+      except OSError:
+        continue
+      if int(fields[1]) == pid:
+        found.append(int(entry.name))
+  return found
+
+
+def _alive(pid):
+  try:
+    state = (pathlib.Path('/proc') / str(pid) / 'stat').read_text()
+  except OSError:
+    return False
+  return state.rsplit(')', 1)[1].split()[0] != 'Z'
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'),
+                    reason='parent-death signal and /proc are Linux only')
+def test_data_workers_die_with_a_killed_trainer(demo_data_dir, tmp_path):
+  shm = pathlib.Path('/dev/shm')
+  before = set(p.name for p in shm.iterdir()) if shm.is_dir() else set()
+  workdir = tmp_path / 'run'
+  process = _main(workdir, [
+      f'--config.data.data_dir={demo_data_dir}',
+      '--config.data.num_workers=1', '--config.train.num_steps=200',
+      '--config.train.checkpoint_every_steps=2',
+      '--config.train.log_every_steps=2', '--config.train.batch_size=4',
+      '--config.data.crop_size=49', '--config.model.head.channels=16',
+      '--config.model.head.projection_channels=16',
+      '--config.model.decoder.channels=16',
+      '--config.model.backbone.depth_multiplier=0.35'])
+  _wait_for_checkpoint_after(workdir, 0, process)
+  workers = [p for p in _children(process.pid) if _alive(p)]
+  assert workers, 'expected a grain worker process'
+  process.send_signal(signal.SIGKILL)
+  process.wait(timeout=60)  # Not communicate(): a live worker holds stdout.
+  process.stdout.close()
+  deadline = time.time() + 20
+  while any(_alive(p) for p in workers) and time.time() < deadline:
+    time.sleep(0.2)
+  survivors = [p for p in workers if _alive(p)]
+  for pid in survivors:  # Do not leak them past a failing test.
+    os.kill(pid, signal.SIGKILL)
+  assert not survivors, 'a worker outlived its parent'
+  while time.time() < deadline:
+    left = set(p.name for p in shm.iterdir()) - before if shm.is_dir() else ()
+    if not left:
+      break
+    time.sleep(0.5)
+  assert not left, f'/dev/shm still holds {sorted(left)[:5]}'
+
+
+def test_a_checkpoint_of_another_model_is_one_short_message(voc_config,
+                                                           tmp_path):
+  config = voc_config.copy_and_resolve_references()
+  workdir = tmp_path / 'run'
+  train.train(config, str(workdir), stop_after=2)
+  config.model.head.channels = 8  # Another head width.
+  with pytest.raises(checkpoints.CheckpointError) as error:
+    train.train(config, str(workdir), stop_after=4)
+  message = str(error.value)
+  assert 'does not fit this config: shapes differ' in message, message
+  assert 'head/aspp0/conv/kernel' in message or 'head/' in message
+  assert len(message) < 1000, len(message)  # Not orbax's metadata tree.
+  assert (workdir / 'config.json').exists()
+  assert '"channels": 16' in (workdir / 'config.json').read_text()

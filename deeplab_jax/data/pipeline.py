@@ -12,7 +12,11 @@ grain, with no TensorFlow at read time.
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
 import os
+import signal
+import sys
 from typing import Any
 
 import grain
@@ -100,6 +104,31 @@ def _loader(source, sampler, operations, shard_options, worker_count: int,
       shard_options=shard_options)
 
 
+_ARMED_PID: int | None = None
+
+
+def die_with_parent() -> None:
+  """In a grain worker process: ask Linux to kill it when its parent dies.
+
+  A training run killed with SIGKILL cannot stop its workers itself; without
+  this they outlived it (holding memory and shared-memory segments). Called
+  from the transforms, so it runs once in each worker; a no-op in the main
+  process and off Linux.
+  """
+  global _ARMED_PID
+  if _ARMED_PID == os.getpid():
+    return
+  _ARMED_PID = os.getpid()
+  if (not sys.platform.startswith('linux') or
+      multiprocessing.parent_process() is None):
+    return
+  pr_set_pdeathsig = 1
+  libc = ctypes.CDLL(None, use_errno=True)
+  libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+  if os.getppid() == 1:  # The parent died before the request: follow it.
+    os._exit(1)  # pylint: disable=protected-access
+
+
 def _file_name(value: Any) -> str:
   return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -119,6 +148,7 @@ class TrainAugment(grain.transforms.RandomMap):
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator
                  ) -> dict[str, np.ndarray]:
+    die_with_parent()
     image = augment.decode_image(element['image'])
     mask = self.dataset.map_labels(
         augment.decode_mask(element['segmentation_mask']))
@@ -146,6 +176,7 @@ class EvalPad(grain.transforms.Map):
     self.resize = resize
 
   def map(self, element: dict[str, Any]) -> dict[str, Any]:
+    die_with_parent()
     image = np.asarray(augment.decode_image(element['image']))
     mask = self.dataset.map_labels(
         augment.decode_mask(element['segmentation_mask']))
