@@ -9,6 +9,8 @@ checkpoints intact and the next run resumes from the newest complete one.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 from typing import Any
 
@@ -73,13 +75,41 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data_state: Any) -> None:
     """Starts an (asynchronous) save; `wait` makes it durable."""
-    self._manager.save(
-        step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(_IteratorState(data_state))))
+    with self._disk_errors(step):
+      self._manager.save(
+          step, args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state),
+              data=grain.checkpoint.CheckpointSave(
+                  _IteratorState(data_state))))
+    self._saving = step
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    with self._disk_errors(getattr(self, '_saving', None)):
+      self._manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _disk_errors(self, step: int | None):
+    """A full disk (or a quota) while writing becomes one message that says
+    the previous checkpoint survived (orbax finalises a step only once it
+    is complete)."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      cause = e
+      while cause is not None and not (
+          isinstance(cause, OSError) and cause.errno in (errno.ENOSPC,
+                                                         errno.EDQUOT)):
+        cause = cause.__cause__ or cause.__context__
+      if cause is None:
+        raise
+      complete = [s for s in self.all_steps() if s != step]
+      kept = (f'checkpoint step {max(complete)} in {self.directory} is '
+              'intact' if complete else 'no earlier checkpoint exists')
+      raise CheckpointError(
+          f'The disk is full: writing checkpoint step {step} to '
+          f'{self.directory} failed ({cause.strerror}); {kept}. Free space '
+          '(or lower config.train.keep_checkpoints) and run again: it '
+          'resumes from there.') from None
 
   def restore_newest(self, abstract_state: Any, data_iterator: Any
                      ) -> tuple[Any, int | None, list[str]]:
@@ -170,7 +200,7 @@ class Checkpointer:
           'config.json).') from e
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    self.wait()
     self._manager.close()
 
 

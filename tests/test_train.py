@@ -463,3 +463,25 @@ def test_a_checkpoint_of_another_model_is_one_short_message(voc_config,
   assert len(message) < 1000, len(message)  # Not orbax's metadata tree.
   assert (workdir / 'config.json').exists()
   assert '"channels": 16' in (workdir / 'config.json').read_text()
+
+
+def test_a_full_disk_while_saving_is_one_message(voc_config, tmp_path,
+                                                 monkeypatch):
+  config = voc_config.copy_and_resolve_references()
+  workdir = tmp_path / 'run'
+  train.train(config, str(workdir), stop_after=2)
+  real_save = checkpoints.ocp.CheckpointManager.save
+
+  def disk_full(self, step, *args, **kwargs):
+    if step >= 4:
+      raise OSError(28, 'No space left on device')
+    return real_save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoints.ocp.CheckpointManager, 'save', disk_full)
+  with pytest.raises(checkpoints.CheckpointError) as error:
+    train.train(config, str(workdir), stop_after=6)
+  assert str(error.value).startswith('The disk is full: writing checkpoint '
+                                     'step 4')
+  assert 'checkpoint step 2 in' in str(error.value)
+  assert 'is intact' in str(error.value)
+  assert checkpoints.Checkpointer(workdir, read_only=True).all_steps() == [2]

@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import socket
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +41,8 @@ class DatasetSpec:
     check_manual_dir: None, or f(manual_dir) raising DatasetError when the
       manually downloaded files are missing (before a long build starts).
     downloads: whether the builder can fetch its files itself.
+    download_urls: the files it fetches (checked for a reachable host
+      before a download starts, so that offline use fails at once).
   """
   tfds_name: str
   class_names: tuple[str, ...]
@@ -48,6 +52,7 @@ class DatasetSpec:
                                                    compare=False)
   check_manual_dir: Callable[[str], None] | None = None
   downloads: bool = True
+  download_urls: tuple[str, ...] = ()
 
   @property
   def num_classes(self) -> int:
@@ -62,11 +67,13 @@ DATASETS: dict[str, DatasetSpec] = {
     'voc2012': DatasetSpec(
         'voc_segmentation/voc2012', voc.CLASS_NAMES, voc.color_map(),
         check_manual_dir=functools.partial(voc_builder.check_manual_dir,
-                                           with_sbd=False)),
+                                           with_sbd=False),
+        download_urls=(voc.VOC_URL,)),
     'voc2012_aug': DatasetSpec(
         'voc_segmentation/voc2012_aug', voc.CLASS_NAMES, voc.color_map(),
         check_manual_dir=functools.partial(voc_builder.check_manual_dir,
-                                           with_sbd=True)),
+                                           with_sbd=True),
+        download_urls=(voc.VOC_URL, voc.SBD_URL)),
     'demo': DatasetSpec('deeplab_demo_shapes', demo_builder.CLASS_NAMES,
                         demo_builder.PALETTE, downloads=False),
 }
@@ -84,6 +91,20 @@ def check_manual_dir(spec: DatasetSpec, manual_dir: str | None) -> None:
   """The spec's own check of a manual directory, if it has one."""
   if manual_dir and spec.check_manual_dir is not None:
     spec.check_manual_dir(os.path.expanduser(manual_dir))
+
+
+def check_download_hosts(spec: DatasetSpec, name: str) -> None:
+  """DatasetError at once when a download host does not resolve (offline),
+  instead of the download manager's minutes of retries."""
+  for url in spec.download_urls:
+    host = urllib.parse.urlparse(url).hostname
+    try:
+      socket.getaddrinfo(host, None)
+    except OSError as e:
+      raise DatasetError(
+          f'{name}: cannot reach {host} to download {url} ({e}); offline? '
+          'Fetch the files elsewhere, put them in a folder and pass '
+          '--config.data.manual_dir=DIR.') from None
 
 
 def check_num_classes(config: Any) -> None:

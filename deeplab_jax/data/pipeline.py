@@ -24,8 +24,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from deeplab_jax.data import augment
-from deeplab_jax.data.datasets import (DatasetSpec, check_manual_dir,
-                                       dataset_spec)
+from deeplab_jax.data.datasets import (DatasetSpec, check_download_hosts,
+                                       check_manual_dir, dataset_spec)
 from deeplab_jax.errors import DatasetError
 from deeplab_jax.models import backbones
 from deeplab_jax.models.backbones import Preprocessing
@@ -55,6 +55,8 @@ def prepare_dataset(data_config: Any) -> tfds.core.DatasetBuilder:
   check_manual_dir(spec, manual_dir)
   builder = tfds.builder(spec.tfds_name, data_dir=data_config.data_dir,
                          file_format='array_record')
+  if not manual_dir and spec.downloads and not builder.is_prepared():
+    check_download_hosts(spec, data_config.dataset)
   try:
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(

@@ -145,3 +145,26 @@ def test_pipeline_reads_and_augments_without_tensorflow(voc_prepared,
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'OK without TensorFlow' in result.stdout
+
+
+def test_offline_download_fails_at_once_naming_manual_dir(monkeypatch,
+                                                         tmp_path):
+  """No network: one message in well under a second, not minutes of
+  retries by the download manager."""
+  import socket  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.config import default_config  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.errors import DatasetError  # pylint: disable=g-import-not-at-top
+
+  def no_dns(host, *args, **kwargs):
+    raise socket.gaierror(-3, 'Temporary failure in name resolution')
+
+  monkeypatch.setattr(socket, 'getaddrinfo', no_dns)
+  config = default_config()
+  config.data.data_dir = str(tmp_path)
+  start = time.perf_counter()
+  with pytest.raises(DatasetError, match=r'voc2012: cannot reach '
+                     r'host.robots.ox.ac.uk.*--config.data.manual_dir'):
+    pipeline.prepare_dataset(config.data)
+  assert time.perf_counter() - start < 5
