@@ -218,19 +218,26 @@ def restore_model(config: Any, workdir: str | os.PathLike, *,
   Returns:
     (model in training mode, the step it was restored from).
   """
-  checkpointer = Checkpointer(workdir, read_only=True)
-  step = checkpointer.latest_step() if step is None else step
-  if step is None:
+  if not (epath.Path(workdir) / 'checkpoints').is_dir():
     raise CheckpointError(
-        f'No checkpoint in {checkpointer.directory}: train first with '
-        f'--workdir={workdir}, or point --workdir at a training run.')
-  stride = output_stride or config.eval.output_stride
-  abstract = nnx.eval_shape(lambda: create_model(config.model,
-                                                 output_stride=stride))
-  graphdef, params, batch_stats = nnx.split(abstract, nnx.Param,
-                                            nnx.BatchStat)
-  restored = checkpointer.restore_weights(
-      step, {'params': params, 'batch_stats': batch_stats})
+        f'No checkpoint in {epath.Path(workdir) / "checkpoints"}: train first '
+        f'with --workdir={workdir}, or point --workdir at a training run.')
+  checkpointer = Checkpointer(workdir, read_only=True)
+  try:
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(
+          f'No checkpoint in {checkpointer.directory}: train first with '
+          f'--workdir={workdir}, or point --workdir at a training run.')
+    stride = output_stride or config.eval.output_stride
+    abstract = nnx.eval_shape(lambda: create_model(config.model,
+                                                   output_stride=stride))
+    graphdef, params, batch_stats = nnx.split(abstract, nnx.Param,
+                                              nnx.BatchStat)
+    restored = checkpointer.restore_weights(
+        step, {'params': params, 'batch_stats': batch_stats})
+  finally:
+    checkpointer.close()
   bad = ['/'.join(key) for key, value in flatten_state(restored).items()
          if np.issubdtype(np.asarray(value).dtype, np.inexact)
          and not np.all(np.isfinite(np.asarray(value)))]

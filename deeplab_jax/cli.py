@@ -47,9 +47,11 @@ def inference_model(config: Any, workdir: str | None
   """The model for eval/predict, at config.eval.output_stride: from the
   newest checkpoint in workdir (parameters and BatchNorm statistics only),
   else from config.train.init_from."""
-  has_checkpoints = bool(workdir) and os.path.isdir(
-      os.path.join(workdir, 'checkpoints')) and checkpoints.Checkpointer(
-          workdir, read_only=True).latest_step() is not None
+  has_checkpoints = False
+  if workdir and os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    checkpointer = checkpoints.Checkpointer(workdir, read_only=True)
+    has_checkpoints = checkpointer.latest_step() is not None
+    checkpointer.close()
   if has_checkpoints:
     model, step = checkpoints.restore_model(config, workdir)
     print(f'Using step {step} (checkpoint: '
