@@ -367,7 +367,7 @@ def test_a_second_trainer_on_the_workdir_gets_one_line(tmp_path):
 
 
 def test_resume_skips_an_incomplete_checkpoint_and_keeps_config_history(
-    voc_config, tmp_path):
+    voc_config, tmp_path, capsys):
   config = voc_config.copy_and_resolve_references()
   workdir = tmp_path / 'run'
   train.train(config, str(workdir), stop_after=4)
@@ -382,9 +382,14 @@ def test_resume_skips_an_incomplete_checkpoint_and_keeps_config_history(
       else:
         child.unlink()
   config.train.log_every_steps = 2  # An allowed change: recorded.
+  capsys.readouterr()
   result = train.train(config, str(workdir), stop_after=6)
   assert result['final_step'] == 6
-  assert (workdir / 'config.4.json').exists() is False
+  said = capsys.readouterr().out
+  # The broken step 4 is named and skipped; the run resumes from step 2.
+  assert 'Skipping: checkpoint' in said and '/checkpoints/4 is unusable' in said
+  assert 'Resuming from step 2' in said
+  assert 'config.2.json' in said
   history = workdir / 'config.2.json'
   assert history.exists()  # The config that trained up to step 2.
   assert '"log_every_steps": 5' in history.read_text()

@@ -53,11 +53,6 @@ class Preprocessing:
   scale: tuple[float, float, float]
 
   @property
-  def pad_pixel(self) -> tuple[float, float, float]:
-    """The pixel value (RGB, [0, 255]) padding stands for: the mean."""
-    return self.mean
-
-  @property
   def pad_value(self) -> float:
     """Padding in network-input units: the mean pixel, normalised, is 0."""
     return 0.0
