@@ -33,10 +33,18 @@ def initialize(coordinator_address: str | None = None,
 
 
 def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
-  """A 1-D mesh over all devices (or `devices`), axis 'data'."""
+  """A 1-D mesh over all devices (or `devices`), axis 'data'.
+
+  The axis is `Auto`: the step is plain data parallelism that XLA
+  partitions from the input shardings (newer JAX versions default
+  `jax.make_mesh` to explicit axes, which would ask every gather in the
+  loss for an output sharding).
+  """
+  auto = (jax.sharding.AxisType.Auto,)
   if devices is None:
-    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
+    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                         axis_types=auto)
+  return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=auto)
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:

@@ -312,7 +312,31 @@ class ConvBN(nnx.Module):
     self.activation = activation
 
   def __call__(self, x: Array) -> Array:
-    return ACTIVATIONS[self.activation](self.bn(self.conv(x)))
+    x = self.conv(x)
+    if self.bn is not None:
+      x = self.bn(x)
+    return ACTIVATIONS[self.activation](x)
+
+  def fold_batch_norm(self) -> None:
+    """In place, for inference only: BatchNorm's inference affine (moving
+    statistics) goes into the conv's kernel and a new bias, and the BN
+    layer is removed, so that the conv's output needs no normalisation
+    pass. Traceable: works on concrete arrays and inside `jax.jit`."""
+    bn = self.bn
+    if bn is None:
+      return
+    factor = lax.rsqrt(bn.var[...] + bn.epsilon)
+    if bn.scale is not None:
+      factor = factor * bn.scale[...]
+    bias = -bn.mean[...] * factor
+    if bn.bias is not None:
+      bias = bias + bn.bias[...]
+    # HWIO kernel: the output channel is the last axis, also for depthwise
+    # kernels ([kh, kw, 1, C * multiplier]).
+    self.conv.kernel[...] = self.conv.kernel[...] * factor
+    self.conv.bias = nnx.Param(bias)
+    self.conv.use_bias = True
+    self.bn = None
 
 
 class SeparableConvBN(nnx.Module):

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from deeplab_jax.models import (create_model, format_summary, inference_view,
-                                parameter_counts, with_output_stride)
+from deeplab_jax.models import (create_model, fold_batch_norm, format_summary,
+                                inference_view, parameter_counts,
+                                with_output_stride)
 from tests.conftest import tiny_model_config
 
 
@@ -87,3 +88,40 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   out = nnx.jit(lambda m, x: inference_view(m)(x))(model,
                                                    jnp.zeros((1, 33, 33, 3)))
   assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
+
+
+def _randomize_batch_norm(model, seed=0):
+  """Moving statistics and affine far from the identity, so that folding
+  has something to get wrong."""
+  rng = np.random.default_rng(seed)
+  for _, module in nnx.iter_graph(model):
+    if isinstance(module, nnx.BatchNorm):
+      shape = module.mean.shape
+      module.mean[...] = rng.normal(0, 0.2, shape).astype(np.float32)
+      module.var[...] = rng.uniform(0.3, 3.0, shape).astype(np.float32)
+      module.scale[...] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+      module.bias[...] = rng.normal(0, 0.2, shape).astype(np.float32)
+
+
+@pytest.mark.parametrize('head,decoder', [('aspp', 'deeplabv3plus'),
+                                          ('dpc', 'upsample')])
+def test_folded_batch_norm_matches_the_unfolded_model(head, decoder):
+  config = tiny_model_config(**{'head.type': head, 'decoder.type': decoder})
+  model = create_model(config, rngs=nnx.Rngs(0))
+  _randomize_batch_norm(model)
+  images = jnp.asarray(np.random.default_rng(1).uniform(
+      -1, 1, (2, 97, 97, 3)), jnp.float32)
+  expected = inference_view(model)(images)
+  folded = fold_batch_norm(model)
+  # No BatchNorm is left, every conv has a bias, and the original keeps its
+  # BatchNorm layers (the fold works on a copy).
+  assert not any(isinstance(m, nnx.BatchNorm)
+                 for _, m in nnx.iter_graph(folded))
+  assert any(isinstance(m, nnx.BatchNorm) for _, m in nnx.iter_graph(model))
+  np.testing.assert_allclose(folded(images), expected, rtol=0, atol=1e-5)
+  # Folding inside jit (what the inference path does) gives the same.
+  graphdef, state = nnx.split(model)
+  jitted = jax.jit(
+      lambda state, x: fold_batch_norm(nnx.merge(graphdef, state))(x))
+  np.testing.assert_allclose(jitted(state, images), expected, rtol=0,
+                             atol=1e-5)

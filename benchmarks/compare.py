@@ -1,0 +1,425 @@
+"""Ours against the peers, side by side, on this machine, in one run.
+
+    pip install -r benchmarks/requirements.txt     # torch, torchvision (CPU or CUDA)
+    python benchmarks/compare.py                   # CPU: 2 threads each
+    python benchmarks/compare.py --device=gpu      # GPU: fp32 and bf16, batch 16
+
+What it times (synthetic inputs; the input pipeline is measured by
+input_pipeline.py):
+  train/B   one SGD-momentum train step of DeepLabV3+ MobileNetV2 (the
+            configs/voc.py model: ASPP 6/12/18, decoder), B images of CxC,
+            output stride 16, BatchNorm training on batch statistics in both;
+            ours is deeplab_jax.train.Trainer's jitted step, the peer
+            benchmarks/torch_deeplab.py in PyTorch eager (SGD momentum,
+            cross-entropy with ignore_index).
+  infer     the same network's forward pass (inference mode), 1xCxC.
+  tflite    the official float dm0.5 OS8 257 model: ours (the same
+            architecture from configs/voc_pretrained.py, its inference path)
+            against LiteRT (XNNPACK) on the .tflite file.
+
+How: every (framework, task) runs in its own long-lived worker process,
+pinned to the same `--threads` cores (torch.set_num_threads, LiteRT
+num_threads, sched_setaffinity for all). The workers compile and warm up
+first; then the parent asks them in turn, `--rounds` times, for `--steps`
+timed steps each, so that the peers alternate and share the machine's
+drift. It prints the median, min-max and the ratio ours/peer of the
+medians, the machine and thread counts.
+
+    --only=train,infer,tflite   --batch_sizes=4,8   --crop=513
+    --rounds=3 --steps=3        --threads=2          --json=OUT.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+OFFICIAL_FLOAT_257 = REPO.parent / 'shared/models/deeplabv3_257_mv_gpu.tflite'
+
+
+# ------------------------------------------------------------------ workers
+
+
+def _pin(threads: int) -> None:
+  """Every worker gets the same cores, so that no peer has more."""
+  cores = sorted(os.sched_getaffinity(0))[:threads]
+  os.sched_setaffinity(0, cores)
+
+
+class OursTrain:
+
+  def __init__(self, batch: int, crop: int, dtype: str):
+    import jax
+    import numpy as np
+    from deeplab_jax import train
+    from deeplab_jax.config import load_config_file
+    config = load_config_file(str(REPO / 'configs/voc.py'))
+    config.train.batch_size = batch
+    config.data.crop_size = crop
+    config.model.dtype = dtype
+    # BatchNorm trains on batch statistics, as the peer's does.
+    config.train.batch_norm_min_batch = 1
+    self.trainer = train.Trainer(config, num_steps=100_000)
+    self.trainer.place()
+    rng = np.random.default_rng(0)
+    self.batch = {
+        'image': rng.uniform(-1, 1, (batch, crop, crop, 3)).astype(np.float32),
+        'label': rng.integers(0, 21, (batch, crop, crop)).astype(np.uint8)}
+    self._jax = jax
+
+  def __call__(self):
+    self._jax.block_until_ready(self.trainer.step(self.batch))
+
+  def peak_bytes(self):
+    return _jax_peak_bytes(self._jax)
+
+
+def _jax_peak_bytes(jax):
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get('peak_bytes_in_use')
+
+
+class OursInfer:
+  """The inference path: the model in inference mode, jitted once."""
+
+  def __init__(self, batch: int, crop: int, dtype: str,
+               pretrained: str | None = None):
+    import jax
+    import numpy as np
+    from flax import nnx
+    from deeplab_jax.config import load_config_file
+    from deeplab_jax.models import create_model, fold_batch_norm
+    from deeplab_jax.weights.pretrained import config_for
+    if pretrained:
+      config = config_for(pretrained)
+      output_stride = config.eval.output_stride
+    else:
+      config = load_config_file(str(REPO / 'configs/voc.py'))
+      output_stride = config.model.output_stride
+    config.model.dtype = dtype
+    model = create_model(config.model, output_stride=output_stride,
+                         rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    # As deeplab_jax.inference does: BatchNorm folded inside the jit.
+    forward = jax.jit(
+        lambda state, x: fold_batch_norm(nnx.merge(graphdef, state))(x))
+    images = np.random.default_rng(0).uniform(
+        -1, 1, (batch, crop, crop, 3)).astype(np.float32)
+    self.run = lambda: jax.block_until_ready(forward(state, images))
+    self._jax = jax
+
+  def __call__(self):
+    self.run()
+
+  def peak_bytes(self):
+    return _jax_peak_bytes(self._jax)
+
+
+class TorchWorker:
+
+  def __init__(self, task: str, batch: int, crop: int, dtype: str,
+               threads: int, device: str, channels_last: bool):
+    import torch
+    sys.path.insert(0, str(REPO / 'benchmarks'))
+    from torch_deeplab import DeepLabV3Plus
+    torch.set_num_threads(threads)
+    # The peer at its best: cuDNN picks its fastest algorithms.
+    torch.backends.cudnn.benchmark = True
+    self.torch = torch
+    self.device = torch.device('cuda' if device == 'gpu' else 'cpu')
+    model = DeepLabV3Plus().to(self.device)
+    memory_format = (torch.channels_last if channels_last
+                     else torch.contiguous_format)
+    model = model.to(memory_format=memory_format)
+    images = torch.rand(batch, 3, crop, crop, device=self.device) * 2 - 1
+    images = images.contiguous(memory_format=memory_format)
+    autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
+                if dtype == 'bfloat16' else _nothing())
+    if task == 'train':
+      labels = torch.randint(0, 21, (batch, crop, crop), device=self.device)
+      optimizer = torch.optim.SGD(model.parameters(), lr=0.007, momentum=0.9,
+                                  weight_decay=4e-5)
+      model.train()
+
+      def step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+          logits = model(images)
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels,
+                                                 ignore_index=255)
+        loss.backward()
+        optimizer.step()
+        return loss
+    else:
+      model.eval()
+
+      def step():
+        with torch.inference_mode(), autocast:
+          return model(images)
+    self.step = step
+
+  def __call__(self):
+    self.step()
+    if self.device.type == 'cuda':
+      self.torch.cuda.synchronize()
+
+  def peak_bytes(self):
+    if self.device.type == 'cuda':
+      return self.torch.cuda.max_memory_allocated()
+    return None
+
+
+class _nothing:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+
+class LiteRTWorker:
+
+  def __init__(self, model_path: str, threads: int):
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+    self.interpreter = Interpreter(model_path=model_path, num_threads=threads)
+    self.interpreter.allocate_tensors()
+    detail = self.interpreter.get_input_details()[0]
+    image = np.random.default_rng(0).uniform(-1, 1, detail['shape'])
+    self.interpreter.set_tensor(detail['index'],
+                                image.astype(detail['dtype']))
+
+  def __call__(self):
+    self.interpreter.invoke()
+
+  def peak_bytes(self):
+    return None
+
+
+def worker_main(args) -> None:
+  """One (framework, task) in this process: set up, warm up, then time
+  `run N` requests from the parent on stdin; replies are JSON lines."""
+  _pin(args.threads)
+  framework, task = args.worker.split(':')
+  start = time.perf_counter()
+  if framework == 'ours':
+    import jax
+    if args.device == 'gpu' and jax.default_backend() != 'gpu':
+      raise SystemExit('--device=gpu but JAX sees no GPU: pip install '
+                       '"jax[cuda12]".')
+    if task == 'train':
+      work = OursTrain(args.batch, args.crop, args.dtype)
+    elif task == 'infer':
+      work = OursInfer(args.batch, args.crop, args.dtype)
+    else:
+      work = OursInfer(1, 257, 'float32', 'mnv2_dm05_pascal_float_257')
+    device = f'{jax.devices()[0].device_kind} ({jax.default_backend()})'
+    version = f'jax {jax.__version__}'
+  elif framework == 'torch':
+    import torch
+    work = TorchWorker(task, args.batch, args.crop, args.dtype, args.threads,
+                       args.device, args.torch_channels_last)
+    device = (torch.cuda.get_device_name() if args.device == 'gpu'
+              else 'cpu')
+    version = f'torch {torch.__version__}'
+  else:
+    import ai_edge_litert
+    work = LiteRTWorker(args.tflite, args.threads)
+    device = 'cpu (XNNPACK)'
+    version = f'ai-edge-litert {getattr(ai_edge_litert, "__version__", "?")}'
+  work()  # Compile / first call.
+  first = time.perf_counter() - start
+  for _ in range(args.warmup):
+    work()
+  _reply({'ready': True, 'setup_seconds': first, 'device': device,
+          'version': version})
+  for line in sys.stdin:
+    command = line.split()
+    if command[0] == 'quit':
+      break
+    times = []
+    for _ in range(int(command[1])):
+      t0 = time.perf_counter()
+      work()
+      times.append(time.perf_counter() - t0)
+    _reply({'seconds': times, 'peak_bytes': work.peak_bytes()})
+
+
+def _reply(message: dict) -> None:
+  sys.stdout.write('@@' + json.dumps(message) + '\n')
+  sys.stdout.flush()
+
+
+# ------------------------------------------------------------------- parent
+
+
+class Worker:
+  """A worker process the parent talks to."""
+
+  def __init__(self, name: str, argv: list[str], env: dict[str, str]):
+    self.name = name
+    self.process = subprocess.Popen(
+        [sys.executable, __file__, *argv], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    self.info = self._read()
+
+  def _read(self) -> dict:
+    for line in self.process.stdout:
+      if line.startswith('@@'):
+        return json.loads(line[2:])
+    raise RuntimeError(f'worker {self.name} exited with '
+                       f'{self.process.wait()} (its log is above)')
+
+  def run(self, steps: int) -> dict:
+    self.process.stdin.write(f'run {steps}\n')
+    self.process.stdin.flush()
+    return self._read()
+
+  def close(self) -> None:
+    if self.process.poll() is None:
+      self.process.stdin.write('quit\n')
+      self.process.stdin.close()
+      self.process.wait()
+
+
+def _scenarios(args) -> list[tuple[str, list[tuple[str, list[str]]]]]:
+  """(label, [(peer name, worker argv)]) per comparison; ours first."""
+  common = ['--threads', str(args.threads), '--device', args.device,
+            '--crop', str(args.crop)]
+  if args.torch_channels_last:
+    common.append('--torch_channels_last')
+  dtypes = args.dtypes.split(',')
+  scenarios = []
+  for task in args.only.split(','):
+    if task == 'train':
+      for batch in args.batch_sizes.split(','):
+        for dtype in dtypes:
+          argv = common + ['--batch', batch, '--dtype', dtype]
+          scenarios.append((f'train b{batch} {args.crop} {dtype}', [
+              ('ours', ['--worker', 'ours:train', *argv]),
+              ('torch eager', ['--worker', 'torch:train', *argv])]))
+    elif task == 'infer':
+      for dtype in dtypes:
+        argv = common + ['--batch', str(args.infer_batch), '--dtype', dtype]
+        scenarios.append((f'infer b{args.infer_batch} {args.crop} {dtype}', [
+            ('ours', ['--worker', 'ours:infer', *argv]),
+            ('torch eager', ['--worker', 'torch:infer', *argv])]))
+    elif task == 'tflite':
+      if not pathlib.Path(args.tflite).exists():
+        print(f'tflite: skipped, {args.tflite} not found (--tflite=PATH)')
+        continue
+      argv = common + ['--tflite', args.tflite]
+      scenarios.append(('official float 257 dm0.5 OS8', [
+          ('ours', ['--worker', 'ours:tflite', *argv]),
+          ('LiteRT', ['--worker', 'litert:tflite', *argv])]))
+    else:
+      raise SystemExit(f'--only: unknown task {task!r} (train, infer, '
+                       'tflite)')
+  return scenarios
+
+
+def _fmt(seconds: float) -> str:
+  return f'{seconds * 1e3:.1f} ms' if seconds < 1 else f'{seconds:.2f} s'
+
+
+def compare(args) -> list[dict]:
+  env = dict(os.environ)
+  if args.device == 'cpu':
+    env['JAX_PLATFORMS'] = 'cpu'
+    env['CUDA_VISIBLE_DEVICES'] = ''
+  else:
+    # Two frameworks share the GPU: JAX takes memory as it needs it
+    # instead of 75% up front.
+    env.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+  print(f'machine: {platform.processor() or platform.machine()}, '
+        f'{os.cpu_count()} cores; {args.threads} thread(s)/core(s) for '
+        f'every framework; python {platform.python_version()}')
+  print(f'{args.rounds} rounds x {args.steps} timed steps each, alternating;'
+        ' median (min-max); ratio = ours / peer (< 1: ours faster)\n')
+  results = []
+  for label, peers in _scenarios(args):
+    workers = []
+    try:
+      for name, argv in peers:
+        workers.append(Worker(name, argv, env))
+      times = {w.name: [] for w in workers}
+      peaks = {}
+      for _ in range(args.rounds):
+        for w in workers:
+          reply = w.run(args.steps)
+          times[w.name] += reply['seconds']
+          peaks[w.name] = reply['peak_bytes']
+    finally:
+      for w in workers:
+        w.close()
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    ours = medians['ours']
+    print(f'{label}')
+    for w in workers:
+      t = times[w.name]
+      line = (f'  {w.name:<12} {_fmt(medians[w.name]):>10} '
+              f'({_fmt(min(t))}-{_fmt(max(t))})  first call '
+              f'{w.info["setup_seconds"]:.1f} s  [{w.info["version"]}, '
+              f'{w.info["device"]}]')
+      if peaks.get(w.name):
+        line += f'  peak {peaks[w.name] / 2**30:.2f} GiB'
+      print(line)
+    for w in workers[1:]:
+      print(f'  ours/{w.name} = {ours / medians[w.name]:.2f}')
+    results.append({'scenario': label, 'medians': medians, 'times': times,
+                    'peak_bytes': peaks,
+                    'info': {w.name: w.info for w in workers}})
+    sys.stdout.flush()
+  return results
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+  parser.add_argument('--device', choices=['cpu', 'gpu'], default='cpu')
+  parser.add_argument('--only', default='train,infer,tflite')
+  parser.add_argument('--batch_sizes', default=None,
+                      help='train batches (default: 4,8 on CPU, 16 on GPU)')
+  parser.add_argument('--infer_batch', type=int, default=None,
+                      help='default: 1 on CPU, 16 on GPU')
+  parser.add_argument('--dtypes', default=None,
+                      help='default: float32 on CPU, float32,bfloat16 on GPU')
+  parser.add_argument('--crop', type=int, default=513)
+  parser.add_argument('--rounds', type=int, default=3)
+  parser.add_argument('--steps', type=int, default=3)
+  parser.add_argument('--warmup', type=int, default=1)
+  parser.add_argument('--threads', type=int, default=None,
+                      help='default: 2 on CPU, all cores on GPU')
+  parser.add_argument('--tflite', default=str(OFFICIAL_FLOAT_257))
+  parser.add_argument('--torch_channels_last', action='store_true')
+  parser.add_argument('--json', default=None, help='also write the times')
+  # Internal: a worker process.
+  parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
+  parser.add_argument('--batch', type=int, default=1, help=argparse.SUPPRESS)
+  parser.add_argument('--dtype', default='float32', help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  gpu = args.device == 'gpu'
+  if args.threads is None:
+    args.threads = len(os.sched_getaffinity(0)) if gpu else 2
+  if args.worker:
+    worker_main(args)
+    return
+  args.batch_sizes = args.batch_sizes or ('16' if gpu else '4,8')
+  args.infer_batch = args.infer_batch or (16 if gpu else 1)
+  args.dtypes = args.dtypes or ('float32,bfloat16' if gpu else 'float32')
+  results = compare(args)
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == '__main__':
+  main()
