@@ -96,7 +96,7 @@ class OursInfer:
     import numpy as np
     from flax import nnx
     from deeplab_jax.config import load_config_file
-    from deeplab_jax.models import create_model, fold_batch_norm
+    from deeplab_jax.models import create_model, inference_view
     from deeplab_jax.weights.pretrained import config_for
     if pretrained:
       config = config_for(pretrained)
@@ -108,9 +108,12 @@ class OursInfer:
     model = create_model(config.model, output_stride=output_stride,
                          rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
-    # As deeplab_jax.inference does: BatchNorm folded inside the jit.
+    # What eval and predict run: moving BatchNorm statistics, weights as
+    # arguments. (Folding BatchNorm into the convs, models.fold_batch_norm,
+    # measured no faster on XLA:CPU: XLA fuses the affine into the
+    # activation's pass either way.)
     forward = jax.jit(
-        lambda state, x: fold_batch_norm(nnx.merge(graphdef, state))(x))
+        lambda state, x: inference_view(nnx.merge(graphdef, state))(x))
     images = np.random.default_rng(0).uniform(
         -1, 1, (batch, crop, crop, 3)).astype(np.float32)
     self.run = lambda: jax.block_until_ready(forward(state, images))
@@ -266,6 +269,7 @@ class Worker:
 
   def __init__(self, name: str, argv: list[str], env: dict[str, str]):
     self.name = name
+    self.is_ours = name.startswith('ours')
     self.process = subprocess.Popen(
         [sys.executable, __file__, *argv], stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
@@ -291,7 +295,7 @@ class Worker:
 
 
 def _scenarios(args) -> list[tuple[str, list[tuple[str, list[str]]]]]:
-  """(label, [(peer name, worker argv)]) per comparison; ours first."""
+  """(label, [(name, worker argv)]) per comparison; ours first."""
   common = ['--threads', str(args.threads), '--device', args.device,
             '--crop', str(args.crop)]
   if args.torch_channels_last:
@@ -344,11 +348,19 @@ def compare(args) -> list[dict]:
         f'every framework; python {platform.python_version()}')
   print(f'{args.rounds} rounds x {args.steps} timed steps each, alternating;'
         ' median (min-max); ratio = ours / peer (< 1: ours faster)\n')
+  variants = args.xla_variants.split(';') if args.xla_variants else None
   results = []
   for label, peers in _scenarios(args):
     workers = []
     try:
       for name, argv in peers:
+        if name == 'ours' and variants:
+          # One worker per XLA_FLAGS variant, to measure a lever.
+          for flags in variants:
+            flagged = dict(env, XLA_FLAGS=flags)
+            workers.append(Worker(f'ours[{flags or "default"}]', argv,
+                                  flagged))
+          continue
         workers.append(Worker(name, argv, env))
       times = {w.name: [] for w in workers}
       peaks = {}
@@ -361,7 +373,6 @@ def compare(args) -> list[dict]:
       for w in workers:
         w.close()
     medians = {name: statistics.median(t) for name, t in times.items()}
-    ours = medians['ours']
     print(f'{label}')
     for w in workers:
       t = times[w.name]
@@ -372,8 +383,10 @@ def compare(args) -> list[dict]:
       if peaks.get(w.name):
         line += f'  peak {peaks[w.name] / 2**30:.2f} GiB'
       print(line)
-    for w in workers[1:]:
-      print(f'  ours/{w.name} = {ours / medians[w.name]:.2f}')
+    for ours in (w for w in workers if w.is_ours):
+      for peer in (w for w in workers if not w.is_ours):
+        print(f'  {ours.name}/{peer.name} = '
+              f'{medians[ours.name] / medians[peer.name]:.2f}')
     results.append({'scenario': label, 'medians': medians, 'times': times,
                     'peak_bytes': peaks,
                     'info': {w.name: w.info for w in workers}})
@@ -402,6 +415,9 @@ def main() -> None:
   parser.add_argument('--tflite', default=str(OFFICIAL_FLOAT_257))
   parser.add_argument('--torch_channels_last', action='store_true')
   parser.add_argument('--json', default=None, help='also write the times')
+  parser.add_argument('--xla_variants', default=None,
+                      help="';'-separated XLA_FLAGS values: one 'ours' "
+                      'worker each, e.g. ";--xla_cpu_use_xnnpack=true"')
   # Internal: a worker process.
   parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
   parser.add_argument('--batch', type=int, default=1, help=argparse.SUPPRESS)

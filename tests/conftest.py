@@ -8,9 +8,16 @@ import tempfile
 
 os.environ.setdefault('KERAS_BACKEND', 'jax')
 # Many tests (and their subprocesses) compile the same train and eval steps:
-# share compiled programs through JAX's persistent cache for this session.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
-                      tempfile.mkdtemp(prefix='deeplab-jax-cache-'))
+# share compiled programs through JAX's persistent cache for this session,
+# one folder for all pytest-xdist workers of a run (xdist gives them one
+# run id).
+_RUN_ID = os.environ.get('PYTEST_XDIST_TESTRUNUID')
+if _RUN_ID:
+  _CACHE = pathlib.Path(tempfile.gettempdir()) / f'deeplab-jax-cache-{_RUN_ID}'
+  _CACHE.mkdir(exist_ok=True)
+else:
+  _CACHE = tempfile.mkdtemp(prefix='deeplab-jax-cache-')
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(_CACHE))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 # Tests run tiny inputs: compile time dominates, and LLVM's optimisations

@@ -421,8 +421,6 @@ def _alive(pid):
 @pytest.mark.skipif(not sys.platform.startswith('linux'),
                     reason='parent-death signal and /proc are Linux only')
 def test_data_workers_die_with_a_killed_trainer(demo_data_dir, tmp_path):
-  shm = pathlib.Path('/dev/shm')
-  before = set(p.name for p in shm.iterdir()) if shm.is_dir() else set()
   workdir = tmp_path / 'run'
   process = _main(workdir, [
       f'--config.data.data_dir={demo_data_dir}',
@@ -436,6 +434,13 @@ def test_data_workers_die_with_a_killed_trainer(demo_data_dir, tmp_path):
   _wait_for_checkpoint_after(workdir, 0, process)
   workers = [p for p in _children(process.pid) if _alive(p)]
   assert workers, 'expected a grain worker process'
+  # The shared-memory segments this run maps (other tests may run beside
+  # this one, with segments of their own).
+  segments = set()
+  for _ in range(10):
+    segments |= _shared_memory_segments([process.pid, *workers])
+    time.sleep(0.1)
+  assert segments, 'expected the workers to pass batches in /dev/shm'
   process.send_signal(signal.SIGKILL)
   process.wait(timeout=60)  # Not communicate(): a live worker holds stdout.
   process.stdout.close()
@@ -447,11 +452,26 @@ def test_data_workers_die_with_a_killed_trainer(demo_data_dir, tmp_path):
     os.kill(pid, signal.SIGKILL)
   assert not survivors, 'a worker outlived its parent'
   while time.time() < deadline:
-    left = set(p.name for p in shm.iterdir()) - before if shm.is_dir() else ()
+    left = [s for s in segments if os.path.exists(s)]
     if not left:
       break
     time.sleep(0.5)
   assert not left, f'/dev/shm still holds {sorted(left)[:5]}'
+
+
+def _shared_memory_segments(pids) -> set[str]:
+  """/dev/shm files the processes have mapped now (from /proc/PID/maps)."""
+  found = set()
+  for pid in pids:
+    try:
+      maps = pathlib.Path(f'/proc/{pid}/maps').read_text()
+    except OSError:
+      continue
+    for line in maps.splitlines():
+      path = line.split(maxsplit=5)[-1] if len(line.split()) >= 6 else ''
+      if path.startswith('/dev/shm/'):
+        found.add(path.removesuffix(' (deleted)'))
+  return found
 
 
 def test_a_checkpoint_of_another_model_is_one_short_message(voc_config,
