@@ -59,7 +59,7 @@ class OursTrain:
   def __init__(self, batch: int, crop: int, dtype: str):
     import jax
     import numpy as np
-    from deeplab_jax import train
+    from deeplab_jax import distributed, train
     from deeplab_jax.config import load_config_file
     config = load_config_file(str(REPO / 'configs/voc.py'))
     config.train.batch_size = batch
@@ -70,13 +70,18 @@ class OursTrain:
     self.trainer = train.Trainer(config, num_steps=100_000)
     self.trainer.place()
     rng = np.random.default_rng(0)
-    self.batch = {
+    batch = {
         'image': rng.uniform(-1, 1, (batch, crop, crop, 3)).astype(np.float32),
         'label': rng.integers(0, 21, (batch, crop, crop)).astype(np.uint8)}
+    # On the devices once, as the peer's tensors are: in training the
+    # prefetcher copies the next batch while the step runs.
+    self.batch = distributed.to_global(batch, self.trainer.data_sharding)
     self._jax = jax
 
   def __call__(self):
-    self._jax.block_until_ready(self.trainer.step(self.batch))
+    t = self.trainer
+    t.state, metrics = t.train_step(t.state, self.batch)
+    self._jax.block_until_ready((t.state, metrics))
 
   def peak_bytes(self):
     return _jax_peak_bytes(self._jax)
@@ -114,8 +119,8 @@ class OursInfer:
     # activation's pass either way.)
     forward = jax.jit(
         lambda state, x: inference_view(nnx.merge(graphdef, state))(x))
-    images = np.random.default_rng(0).uniform(
-        -1, 1, (batch, crop, crop, 3)).astype(np.float32)
+    images = jax.device_put(np.random.default_rng(0).uniform(
+        -1, 1, (batch, crop, crop, 3)).astype(np.float32))
     self.run = lambda: jax.block_until_ready(forward(state, images))
     self._jax = jax
 

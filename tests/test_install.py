@@ -20,9 +20,13 @@ SHARED = REPO.parent / 'shared'
 ENABLED = (os.environ.get('CI') == 'true' or
            os.environ.get('DEEPLAB_JAX_INSTALL_TESTS') == '1')
 
-pytestmark = pytest.mark.skipif(
-    not ENABLED, reason='builds a fresh venv from pyproject (about 2 min): '
-    'set DEEPLAB_JAX_INSTALL_TESTS=1 to run (CI does)')
+pytestmark = [
+    pytest.mark.skipif(
+        not ENABLED, reason='builds a fresh venv from pyproject (about 2 '
+        'min): set DEEPLAB_JAX_INSTALL_TESTS=1 to run (CI does)'),
+    # One pytest-xdist worker runs them all, so the venv is built once.
+    pytest.mark.xdist_group('install_venv'),
+]
 
 
 def _run(args, **kwargs):

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import random
 import signal
 import socket
 import subprocess
@@ -64,6 +65,7 @@ def one_device_step(tmp_path_factory):
   return out
 
 
+@pytest.mark.xdist_group('one_device_step')  # Its fixture runs once.
 def test_one_device_and_eight_devices_take_the_same_step(one_device_step,
                                                          tmp_path):
   eight, process = _one_step(tmp_path, 'eight', '--local_devices=8')
@@ -97,6 +99,7 @@ def _two_process_step(tmp_path, attempts=3):
   raise AssertionError('unreachable')
 
 
+@pytest.mark.xdist_group('one_device_step')  # Its fixture runs once.
 def test_two_processes_form_one_cluster_and_agree(one_device_step, tmp_path):
   runs, outputs = _two_process_step(tmp_path)
   for output in outputs:
@@ -219,7 +222,7 @@ def _wait_for_checkpoint_after(workdir, after, process, timeout=300):
     time.sleep(0.02)
 
 
-def test_sigterm_saves_and_sigkill_after_a_checkpoint_resumes(
+def test_sigterm_and_ctrl_c_save_a_checkpoint_and_exit_cleanly(
     demo_data_dir, tmp_path):
   workdir = tmp_path / 'run'
   steps = 80
@@ -252,21 +255,6 @@ def test_sigterm_saves_and_sigkill_after_a_checkpoint_resumes(
   stopped_at = max(checkpoints.Checkpointer(workdir, read_only=True)
                    .all_steps())
   assert stopped_at < steps
-  # Killed with SIGKILL right after its next checkpoint.
-  second = _main(workdir, args)
-  killed_after = _wait_for_checkpoint_after(workdir, stopped_at, second)
-  second.send_signal(signal.SIGKILL)
-  output, _ = second.communicate(timeout=60)
-  assert second.returncode == -signal.SIGKILL
-  assert f'Resuming from step {stopped_at}' in output
-  # The next run resumes from the newest complete checkpoint and finishes.
-  third = _main(workdir, args)
-  output, _ = third.communicate(timeout=300)
-  assert third.returncode == 0, output[-4000:]
-  resumed = [line for line in output.splitlines()
-             if line.startswith('Resuming from step')]
-  assert resumed and int(resumed[0].split()[3]) >= killed_after
-  assert steps in checkpoints.Checkpointer(workdir, read_only=True).all_steps()
 
 
 def test_indivisible_batch_is_one_clear_message(tmp_path):
@@ -366,6 +354,42 @@ def test_a_second_trainer_on_the_workdir_gets_one_line(tmp_path):
     pass
 
 
+def test_two_trainers_started_together_one_trains_one_is_told(demo_data_dir,
+                                                             tmp_path):
+  """Two trainers on one new workdir, started at the same moment (5 times)
+  and 0.5 s apart (5 times): one trains, the other exits with one line
+  naming the running one, and every checkpoint written restores."""
+  args = [f'--config.data.data_dir={demo_data_dir}',
+          '--config.data.num_workers=0', '--config.train.num_steps=2',
+          '--config.train.checkpoint_every_steps=1',
+          '--config.train.batch_size=4', '--config.data.crop_size=33',
+          '--config.model.head.channels=8',
+          '--config.model.head.projection_channels=8',
+          '--config.model.decoder.channels=8',
+          '--config.model.decoder.low_level_channels=8',
+          '--config.model.backbone.depth_multiplier=0.35']
+  for trial, delay in enumerate([0.0] * 5 + [0.5] * 5):
+    workdir = tmp_path / f'run{trial}'
+    first = _main(workdir, args)
+    time.sleep(delay)
+    second = _main(workdir, args)
+    outputs = [p.communicate(timeout=300)[0] for p in (first, second)]
+    codes = sorted(p.returncode for p in (first, second))
+    assert codes == [0, 1], (trial, codes, [o[-2000:] for o in outputs])
+    loser = outputs[[first.returncode, second.returncode].index(1)]
+    assert 'is being trained by another run (host ' in loser, loser[-2000:]
+    assert 'Traceback' not in loser, loser[-3000:]
+    assert loser.count('is being trained by another run') == 1, loser
+    manager = checkpoints.Checkpointer(workdir, read_only=True)
+    try:
+      assert manager.all_steps() == [1, 2], manager.all_steps()
+    finally:
+      manager.close()
+    for step in (1, 2):
+      weights = checkpoints.read_weights(workdir / 'checkpoints' / str(step))
+      assert all(np.all(np.isfinite(v)) for v in weights.values())
+
+
 def test_resume_skips_an_incomplete_checkpoint_and_keeps_config_history(
     voc_config, tmp_path, capsys):
   config = voc_config.copy_and_resolve_references()
@@ -418,45 +442,94 @@ def _alive(pid):
   return state.rsplit(')', 1)[1].split()[0] != 'Z'
 
 
+def _checkpoint_steps(workdir):
+  directory = pathlib.Path(workdir) / 'checkpoints'
+  return sorted(int(p.name) for p in directory.iterdir()
+                if p.name.isdigit()) if directory.is_dir() else []
+
+
+def _saving(workdir):
+  """True while orbax writes a checkpoint (its temporary folder exists)."""
+  directory = pathlib.Path(workdir) / 'checkpoints'
+  return directory.is_dir() and any(
+      'orbax-checkpoint-tmp' in p.name for p in directory.iterdir())
+
+
 @pytest.mark.skipif(not sys.platform.startswith('linux'),
                     reason='parent-death signal and /proc are Linux only')
-def test_data_workers_die_with_a_killed_trainer(demo_data_dir, tmp_path):
+def test_kill_9_at_random_moments_loses_nothing_else(demo_data_dir, tmp_path):
+  """kill -9 at 10 random moments, checkpointing every step (so that many
+  kills land in a save; the last one waits for a save on purpose): every
+  rerun resumes from a complete checkpoint at least as new as the last one
+  seen, no data worker outlives its trainer, and /dev/shm keeps nothing of
+  the run."""
   workdir = tmp_path / 'run'
-  process = _main(workdir, [
-      f'--config.data.data_dir={demo_data_dir}',
-      '--config.data.num_workers=1', '--config.train.num_steps=200',
-      '--config.train.checkpoint_every_steps=2',
-      '--config.train.log_every_steps=2', '--config.train.batch_size=4',
-      '--config.data.crop_size=49', '--config.model.head.channels=16',
-      '--config.model.head.projection_channels=16',
-      '--config.model.decoder.channels=16',
-      '--config.model.backbone.depth_multiplier=0.35'])
-  _wait_for_checkpoint_after(workdir, 0, process)
-  workers = [p for p in _children(process.pid) if _alive(p)]
-  assert workers, 'expected a grain worker process'
-  # The shared-memory segments this run maps (other tests may run beside
-  # this one, with segments of their own).
-  segments = set()
-  for _ in range(10):
-    segments |= _shared_memory_segments([process.pid, *workers])
-    time.sleep(0.1)
-  assert segments, 'expected the workers to pass batches in /dev/shm'
-  process.send_signal(signal.SIGKILL)
-  process.wait(timeout=60)  # Not communicate(): a live worker holds stdout.
-  process.stdout.close()
-  deadline = time.time() + 20
-  while any(_alive(p) for p in workers) and time.time() < deadline:
-    time.sleep(0.2)
-  survivors = [p for p in workers if _alive(p)]
-  for pid in survivors:  # Do not leak them past a failing test.
-    os.kill(pid, signal.SIGKILL)
-  assert not survivors, 'a worker outlived its parent'
-  while time.time() < deadline:
-    left = [s for s in segments if os.path.exists(s)]
-    if not left:
+  args = [f'--config.data.data_dir={demo_data_dir}',
+          '--config.data.num_workers=1', '--config.train.num_steps=100000',
+          '--config.train.checkpoint_every_steps=1',
+          '--config.train.log_every_steps=1', '--config.train.batch_size=4',
+          '--config.data.crop_size=49', '--config.model.head.channels=16',
+          '--config.model.head.projection_channels=16',
+          '--config.model.decoder.channels=16',
+          '--config.model.backbone.depth_multiplier=0.35']
+  moments = random.Random(0)
+  floor = 0  # The newest checkpoint known complete before the last kill.
+  on_disk = 0  # The newest step folder after the last kill.
+  mapped = 0  # Shared-memory segments seen over all kills.
+  for kill in range(11):
+    log = tmp_path / f'run{kill}.log'
+    with log.open('w') as out:
+      process = subprocess.Popen(
+          [sys.executable, 'main.py', '--config=configs/demo.py',
+           f'--workdir={workdir}', *args], cwd=REPO, env=_env(), stdout=out,
+          stderr=subprocess.STDOUT, text=True)
+    try:
+      # Running, resumed, and past a save of its own.
+      newest = _wait_for_checkpoint_after(workdir, on_disk, process)
+    except BaseException:
+      process.kill()
+      raise
+    output = log.read_text()
+    if kill:
+      resumed = [line for line in output.splitlines()
+                 if line.startswith('Resuming from step')]
+      assert resumed, output[-3000:]
+      assert int(resumed[0].split()[3]) >= floor, (resumed, floor)
+    assert 'Traceback' not in output, output[-3000:]
+    if kill == 10:  # The last run stops cleanly: the resumed run is sound.
+      process.send_signal(signal.SIGTERM)
+      assert process.wait(timeout=120) == 0, log.read_text()[-3000:]
+      assert 'Stopped by SIGTERM at step' in log.read_text()
       break
-    time.sleep(0.5)
-  assert not left, f'/dev/shm still holds {sorted(left)[:5]}'
+    if kill == 9:  # Once for certain inside a save.
+      deadline = time.time() + 60
+      while not _saving(workdir) and time.time() < deadline:
+        time.sleep(0.001)
+    else:
+      time.sleep(moments.uniform(0.0, 1.5))
+    workers = [p for p in _children(process.pid) if _alive(p)]
+    assert workers, 'expected a grain worker process'
+    # The shared-memory segments this run maps (other tests may run beside
+    # this one, with segments of their own).
+    segments = _shared_memory_segments([process.pid, *workers])
+    mapped += len(segments)
+    process.kill()
+    process.wait(timeout=60)
+    floor, on_disk = newest, max(_checkpoint_steps(workdir))
+    deadline = time.time() + 20
+    while any(_alive(p) for p in workers) and time.time() < deadline:
+      time.sleep(0.1)
+    survivors = [p for p in workers if _alive(p)]
+    for pid in survivors:  # Do not leak them past a failing test.
+      os.kill(pid, signal.SIGKILL)
+    assert not survivors, f'kill {kill}: a worker outlived its parent'
+    while time.time() < deadline:
+      left = [s for s in segments if os.path.exists(s)]
+      if not left:
+        break
+      time.sleep(0.2)
+    assert not left, f'kill {kill}: /dev/shm still holds {sorted(left)[:5]}'
+  assert mapped, 'expected the workers to pass batches through /dev/shm'
 
 
 def _shared_memory_segments(pids) -> set[str]:

@@ -52,6 +52,39 @@ def test_fast_path_is_really_used_and_native_is_not():
   assert 'convolution' in native_ir
 
 
+@pytest.mark.parametrize('kernel,stride', [(1, 1), (1, 2), (3, 1)])
+def test_convbn_matches_native_conv_forward_and_gradients(kernel, stride):
+  """ConvBN's conv (1x1 stride 1: one matrix product on CPU; anything else:
+  the native op) against lax.conv_general_dilated."""
+  layer = layers.ConvBN(6, 5, kernel, strides=stride, rngs=nnx.Rngs(0))
+  kx, kg = jax.random.split(jax.random.PRNGKey(kernel * 10 + stride))
+  x = jax.random.normal(kx, (2, 13, 10, 6))
+  w = layer.conv.kernel[...]
+
+  def native(x, w):
+    return lax.conv_general_dilated(
+        x, w, (stride, stride), 'SAME',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  graphdef, state = nnx.split(layer.conv)
+
+  def ours(x, w):
+    conv = nnx.merge(graphdef, state, copy=True)  # Fresh in every trace.
+    conv.kernel[...] = w
+    return conv(x)
+
+  expected = native(x, w)
+  np.testing.assert_allclose(ours(x, w), expected, atol=1e-5)
+  cotangent = jax.random.normal(kg, expected.shape)
+  grads = [jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) * cotangent),
+                    (0, 1))(x, w) for f in (ours, native)]
+  np.testing.assert_allclose(grads[0][0], grads[1][0], atol=1e-5)
+  np.testing.assert_allclose(grads[0][1], grads[1][1], atol=1e-4, rtol=1e-5)
+  # The point of the matrix product: no convolution in the program.
+  program = jax.jit(ours).lower(x, w).as_text()
+  assert ('convolution' in program) == ((kernel, stride) != (1, 1))
+
+
 def test_tf_same_padding_is_asymmetric_for_even_inputs():
   # TF pads 0 before and 1 after for a stride-2 3x3 conv on an even size;
   # PyTorch's padding=1 pads 1 on both sides and samples other pixels.
