@@ -162,3 +162,25 @@ def voc_train_config(data_dir, manual_dir, **train_overrides):
   for key, value in train_overrides.items():
     config.train[key] = value
   return config
+
+
+# The longest tests (one to four minutes each on two cores), started first:
+# pytest-xdist hands tests out in collection order, and a long test drawn
+# last would leave one worker idle while the other finishes it.
+SLOW_FIRST = (
+    'test_two_trainers_started_together_one_trains_one_is_told',
+    'test_kill_9_at_random_moments_loses_nothing_else',
+    'test_no_tensorflow_and_the_command_works_from_any_folder',
+    'test_notebook_executes_in_the_colab_install',
+    'test_train_eval_predict_without_tensorflow',
+    'test_sigterm_and_ctrl_c_save_a_checkpoint_and_exit_cleanly',
+    'test_fine_tuning_an_official_model_keeps_it',
+    'test_one_device_and_eight_devices_take_the_same_step',
+    'test_two_processes_form_one_cluster_and_agree',
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+  items.sort(key=lambda item: rank.get(item.originalname, len(rank)))
