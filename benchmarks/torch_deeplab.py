@@ -8,8 +8,9 @@ atrous 3x3 branches, concat, 1x1 projection, dropout), the DeepLabV3+
 decoder (48-channel projection of block 2's depthwise output at stride 4,
 two separable 3x3 convs) and a 1x1 classifier with bias. Same widths, same
 strides, same rates, same BatchNorm placement and activations as
-`deeplab_jax.models.create_model(default_config().model)`: tested by
-comparing parameter counts (benchmarks/compare.py --check).
+`deeplab_jax.models.create_model(default_config().model)`; both have
+2,725,573 parameters (checked by hand, 2026-11-26; no test, since torch is
+not a test dependency).
 
 Layout NCHW, the PyTorch default (channels-last is measured too:
 `--torch_channels_last`).

@@ -8,9 +8,9 @@ b2 0.99), batch 6, 224 crops, output stride 8, 120 epochs.
     python main.py --config=configs/voc_seed.py --workdir=runs/seed
 
 Measured here (2 CPU cores, no GPU; `python benchmarks/train_step.py
---config=configs/voc_seed.py --batch_size=6`): 4.2 s/step at batch 6, 224 crops
-(1.42 images/s) after a 32.3 s compile, before
-1x1 convs became matrix products on CPU (2026-11-26; faster now). The seed
+--config=configs/voc_seed.py --batch_size=6`): 1.88 s/step at batch 6, 224 crops
+(3.19 images/s) after a 28.1 s compile (4.2 s/step before 1x1 convs became
+matrix products on CPU). The seed
 project published no mIoU for this recipe; a full 120-epoch run (29,280
 steps) was not made on this machine.
 """
