@@ -119,6 +119,19 @@ def test_corrupt_jpeg_and_size_mismatch_are_skipped_and_counted(
   assert 'skipped 2 of 26 examples' in caplog.text
 
 
+def test_every_listed_image_missing_is_one_dataset_error(voc_copy, tmp_path):
+  """TFDS alone fails with `AssertionError: Failed to finalize writing of
+  split`; the user gets one DatasetError naming the empty split instead."""
+  for image in (voc_copy / 'VOCdevkit' / 'VOC2012' / 'JPEGImages').iterdir():
+    image.unlink()
+  config = voc_config(tmp_path / 'data', voc_copy)
+  with pytest.raises(DatasetError) as error:
+    pipeline.prepare_dataset(config.data)
+  message = str(error.value)
+  assert 'voc2012: a split came out empty' in message, message
+  assert 'Check config.data.manual_dir' in message
+
+
 def test_stray_mask_values_stop_the_build_naming_file_and_values(
     voc_copy, tmp_path):
   path = voc_copy / 'VOCdevkit' / 'VOC2012' / 'SegmentationClass' / (
