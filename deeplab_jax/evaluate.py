@@ -14,6 +14,7 @@ and `follow` reuses one for every checkpoint.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -111,9 +112,6 @@ class Evaluator:
     self.dataset = dataset_spec(config.data.dataset)
     self.class_names = class_names(config)
     self.num_classes = config.model.num_classes
-    abstract = nnx.eval_shape(lambda: create_model(
-        config.model, output_stride=config.eval.output_stride))
-    self.graphdef = nnx.graphdef(inference_view(abstract))
     self.mesh = distributed.make_mesh(jax.local_devices())
     self._replicated = distributed.replicated(self.mesh)
     data = distributed.data_sharding(self.mesh)
@@ -137,6 +135,18 @@ class Evaluator:
     # `eval.resize_to_crop`, scored on the host at the original size.
     self._step = jax.jit(step, in_shardings=(None, data, data))
     self._probabilities = jax.jit(probabilities, in_shardings=(None, data))
+
+  @functools.cached_property
+  def graphdef(self) -> nnx.GraphDef:
+    """The inference model's structure at `config.eval.output_stride`.
+
+    Built on first use (tracing the model's construction takes seconds):
+    a training run whose first evaluation is far off, or never comes,
+    does not wait for it at start-up.
+    """
+    abstract = nnx.eval_shape(lambda: create_model(
+        self.config.model, output_stride=self.config.eval.output_stride))
+    return nnx.graphdef(inference_view(abstract))
 
   def _states(self, weights: Any) -> tuple[Any, ...]:
     """Replicated weight states from a model or a tuple of nnx.States."""

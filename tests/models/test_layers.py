@@ -158,3 +158,38 @@ def test_scale_dimension_matches_reference_rule():
   assert layers.scale_dimension(513, 1 / 16) == 33
   assert layers.scale_dimension(513, 1 / 4) == 129
   assert layers.scale_dimension(513, 0.5) == 257
+
+
+@pytest.mark.parametrize('dtype', [None, jnp.bfloat16])
+def test_batch_norm_equals_flax_batch_norm_in_both_modes(dtype):
+  """layers.BatchNorm only writes its moving statistics differently (to
+  keep tracing linear): outputs, updated statistics and gradients equal
+  nnx.BatchNorm's bit for bit, under jit, in training and inference."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 5, 6, 3)) * 3 + 1
+  def make(cls):
+    bn = cls(3, momentum=0.9, epsilon=1e-3, dtype=dtype, rngs=nnx.Rngs(0))
+    bn.scale[...] = jnp.array([0.5, 1.0, 2.0])
+    bn.bias[...] = jnp.array([0.1, -0.2, 0.3])
+    return bn
+
+  @nnx.jit(static_argnums=2)
+  def run(bn, x, training):
+    def loss(bn, x):
+      y = bn(x, use_running_average=not training)
+      return jnp.sum(y.astype(jnp.float32) ** 2), y
+    (_, y), grads = nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+        bn, x)
+    return y, grads
+
+  for training in (True, False):
+    ours, theirs = make(layers.BatchNorm), make(nnx.BatchNorm)
+    y_ours, g_ours = run(ours, x, training)
+    y_theirs, g_theirs = run(theirs, x, training)
+    np.testing.assert_array_equal(y_ours, y_theirs)
+    for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_theirs)):
+      np.testing.assert_array_equal(a, b)
+    for name in ('mean', 'var'):
+      np.testing.assert_array_equal(getattr(ours, name)[...],
+                                    getattr(theirs, name)[...])
+    moved = not np.array_equal(ours.mean[...], np.zeros(3))
+    assert moved == training
