@@ -1,5 +1,6 @@
 """Shared test fixtures: paths to ../shared, tiny configs, skips."""
 
+import fcntl
 import os
 import pathlib
 import shutil
@@ -91,17 +92,40 @@ def tiny_model_config(**overrides):
   return m
 
 
+def _once_per_run(tmp_path_factory, name: str, build) -> pathlib.Path:
+  """A folder `build(folder)` fills once per test run, shared by all
+  pytest-xdist workers (the first builds it under a lock, the others wait
+  and reuse it): building a dataset in each worker doubled its cost."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # The run's folder, above the per-worker ones.
+  folder = root / name
+  with open(root / f'{name}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes.
+    if not (folder / '.built').exists():
+      folder.mkdir(exist_ok=True)
+      build(folder)
+      (folder / '.built').touch()
+  return folder
+
+
+def _prepare(data_config) -> None:
+  from deeplab_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  pipeline.prepare_dataset(data_config)
+
+
 @pytest.fixture(scope='session')
 def demo_data_dir(tmp_path_factory):
-  """The built-in demo dataset, generated once per test session."""
+  """The built-in demo dataset, generated once per test run."""
   from deeplab_jax.config import default_config  # pylint: disable=g-import-not-at-top
-  from deeplab_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  data_dir = tmp_path_factory.mktemp('tfds_demo')
-  config = default_config()
-  config.data.dataset = 'demo'
-  config.data.data_dir = str(data_dir)
-  pipeline.prepare_dataset(config.data)
-  return data_dir
+
+  def build(data_dir):
+    config = default_config()
+    config.data.dataset = 'demo'
+    config.data.data_dir = str(data_dir)
+    _prepare(config.data)
+
+  return _once_per_run(tmp_path_factory, 'tfds_demo', build)
 
 
 def voc_config(data_dir, manual_dir=None, dataset='voc2012'):
@@ -137,9 +161,11 @@ def voc_copy(voc_sample_dir, tmp_path) -> pathlib.Path:
 def voc_prepared(voc_sample_dir, tmp_path_factory):
   """The sample built once from its folder: (config, builder)."""
   from deeplab_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  data_dir = tmp_path_factory.mktemp('tfds_voc')
+  data_dir = _once_per_run(
+      tmp_path_factory, 'tfds_voc', lambda folder: _prepare(voc_config(
+          folder, voc_sample_dir.parent).data))
   config = voc_config(data_dir, voc_sample_dir.parent)
-  return config, pipeline.prepare_dataset(config.data)
+  return config, pipeline.prepare_dataset(config.data)  # Built: reads it.
 
 
 def voc_train_config(data_dir, manual_dir, **train_overrides):

@@ -22,6 +22,11 @@ from deeplab_jax.errors import CheckpointError
 from tests.conftest import voc_train_config
 
 
+# One pytest-xdist worker runs this module: its 30-step training fixture
+# then runs once, not once per worker.
+pytestmark = pytest.mark.xdist_group('voc_run')
+
+
 @pytest.fixture(scope='module')
 def voc_run(voc_prepared, tmp_path_factory):
   """30 steps on the 26 VOC sample training images, evaluated on the 6
