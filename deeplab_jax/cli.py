@@ -158,6 +158,8 @@ def run(config: Any, *, mode: str, workdir: str | None = None,
         images: str | None = None, output: str | None = None,
         follow: bool = False) -> Any:
   validate_config(config)
+  if config.model.num_classes == 0 and mode != 'prepare':
+    datasets.resolve_num_classes(config)  # 0: the dataset's.
   if mode == 'summary':
     model = create_model(config.model)
     print(format_summary(model, depth=1))

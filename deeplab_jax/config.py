@@ -55,7 +55,7 @@ def default_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- model
   c.model = ml_collections.ConfigDict()
   m = c.model
-  m.num_classes = 21
+  m.num_classes = 21  # 0: the dataset's number of classes.
   m.output_stride = 16  # Training output stride; eval.output_stride for eval.
   m.dtype = 'float32'  # Compute dtype; parameters always stay float32.
   # 'auto' picks the shifted-sum depthwise conv on CPU, the native one else.
@@ -103,10 +103,17 @@ def default_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   d = c.data
   # A name of deeplab_jax.data.datasets.DATASETS (voc2012 | voc2012_aug |
-  # demo); its spec gives the classes, palette and ignore label.
+  # demo | folder); its spec gives the classes, palette and ignore label.
   d.dataset = 'voc2012'
   d.data_dir = config_dict.placeholder(str)  # TFDS data_dir; None: default.
   d.manual_dir = config_dict.placeholder(str)  # VOC tars or VOCdevkit/.
+  # The folder dataset (dataset = 'folder'; deeplab_jax/data/folder_builder):
+  # DIR with images/ and masks/; masks as class ids, rgb colours of
+  # classes.csv, or binary; the share held out for validation when
+  # DIR/splits/ does not list the splits.
+  d.folder = config_dict.placeholder(str)
+  d.mask_format = 'ids'  # ids | rgb | binary
+  d.val_fraction = 0.1
   d.train_split = 'train'
   d.eval_split = 'validation'
   d.crop_size = 513  # Training crop (seed: image_size).
@@ -263,10 +270,18 @@ def _scales(key: str, value: Any, config: Any) -> None:
                 'use a non-empty tuple of scales in (0, 8], e.g. (1.0,)')
 
 
+def _num_classes(key: str, value: Any, config: Any) -> None:
+  del config
+  if not _is_int(value) or value == 1 or value < 0:
+    raise _fail(key, value, 'use 0 (the dataset\'s number of classes) or an '
+                'integer >= 2')
+
+
 def _dataset_name(key: str, value: Any, config: Any) -> None:
   del config
   if not isinstance(value, str) or not value:
-    raise _fail(key, value, 'name a dataset: voc2012, voc2012_aug or demo')
+    raise _fail(key, value,
+                'name a dataset: voc2012, voc2012_aug, demo or folder')
 
 
 _INF = float('inf')
@@ -275,7 +290,7 @@ _INF = float('inf')
 # backbone's (its class checks those) and the DPC branches (below).
 RULES: tuple[tuple[str, Check], ...] = (
     ('seed', _int(0)),
-    ('model.num_classes', _int(2)),
+    ('model.num_classes', _num_classes),
     ('model.output_stride', _choice(OUTPUT_STRIDES)),
     ('model.dtype', _choice(DTYPES)),
     ('model.depthwise_impl', _choice(DEPTHWISE_IMPLS)),
@@ -294,6 +309,8 @@ RULES: tuple[tuple[str, Check], ...] = (
     ('model.decoder.low_level_channels', _int()),
     ('model.decoder.channels', _int()),
     ('data.dataset', _dataset_name),
+    ('data.mask_format', _choice(('ids', 'rgb', 'binary'))),
+    ('data.val_fraction', _number(0.0, 1.0, lo_open=True, hi_open=True)),
     ('data.crop_size', _int(16)),
     ('data.min_scale', _number(0.0, 100.0, lo_open=True)),
     ('data.max_scale', _number(lambda c: c.data.min_scale, 100.0)),

@@ -109,7 +109,7 @@ class Evaluator:
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
-    self.dataset = dataset_spec(config.data.dataset)
+    self.dataset = dataset_spec(config.data)
     self.class_names = class_names(config)
     self.num_classes = config.model.num_classes
     self.mesh = distributed.make_mesh(jax.local_devices())

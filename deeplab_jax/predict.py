@@ -155,7 +155,7 @@ def predict_folder(config: ml_collections.ConfigDict, model: nnx.Module,
   out = epath.Path(output_dir)
   names = output_names(files)
   class_names = dataset_class_names(config)
-  palette = dataset_spec(config.data.dataset).palette
+  palette = dataset_spec(config.data).palette
   segment = make_segmenter(model, config)
   results, skipped = {}, {}
   progress = Progress('predict', len(files))

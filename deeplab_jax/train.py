@@ -99,7 +99,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   the L2 loss is computed here only to report it (and for the plateau).
   """
   t = config.train
-  ignore_label = dataset_spec(config.data.dataset).ignore_label
+  ignore_label = dataset_spec(config.data).ignore_label
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     labels = batch['label'].astype(jnp.int32)

@@ -6,7 +6,8 @@ mapping; the pipeline, the loss and metrics, evaluation's pictures and
 
 Adding a dataset: a TFDS builder module in `deeplab_jax/data/` (storing
 array_record, features 'image', 'segmentation_mask', 'file_name'), one
-`DatasetSpec` line in `DATASETS`, and its tests in `tests/data/`.
+line in `DATASETS` (a `DatasetSpec`, or a function of `config.data` that
+returns one, as the folder dataset's), and its tests in `tests/data/`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from absl import logging
 
-from deeplab_jax.data import demo_builder, voc, voc_builder
+from deeplab_jax.data import demo_builder, folder_builder, voc, voc_builder
 from deeplab_jax.data.labels import IGNORE_LABEL
 from deeplab_jax.errors import ConfigError, DatasetError
 
@@ -43,6 +45,8 @@ class DatasetSpec:
     downloads: whether the builder can fetch its files itself.
     download_urls: the files it fetches (checked for a reachable host
       before a download starts, so that offline use fails at once).
+    builder_kwargs: passed to `tfds.builder` (e.g. a BuilderConfig built
+      from config.data).
   """
   tfds_name: str
   class_names: tuple[str, ...]
@@ -53,6 +57,8 @@ class DatasetSpec:
   check_manual_dir: Callable[[str], None] | None = None
   downloads: bool = True
   download_urls: tuple[str, ...] = ()
+  builder_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict,
+                                                     compare=False)
 
   @property
   def num_classes(self) -> int:
@@ -76,15 +82,54 @@ DATASETS: dict[str, DatasetSpec] = {
         download_urls=(voc.VOC_URL, voc.SBD_URL)),
     'demo': DatasetSpec('deeplab_demo_shapes', demo_builder.CLASS_NAMES,
                         demo_builder.PALETTE, downloads=False),
+    'folder': lambda data: folder_spec(data.folder, data.mask_format,
+                                       data.val_fraction),
 }
 
 
-def dataset_spec(name: str) -> DatasetSpec:
-  """The registered dataset `name` (DatasetError naming the known ones)."""
+def dataset_spec(data: Any) -> DatasetSpec:
+  """The registered dataset of `config.data` (or of a name, for datasets
+  that need no options); DatasetError naming the known ones."""
+  name = data if isinstance(data, str) else data.dataset
   if name not in DATASETS:
     raise DatasetError(f'Unknown dataset {name!r} (config.data.dataset): use '
                        f'one of {", ".join(DATASETS)}.')
-  return DATASETS[name]
+  entry = DATASETS[name]
+  if isinstance(entry, DatasetSpec):
+    return entry
+  if isinstance(data, str):
+    raise DatasetError(f'The {name} dataset is configured by config.data: '
+                       'pass config.data, not its name.')
+  return entry(data)
+
+
+@functools.lru_cache(maxsize=8)
+def folder_spec(folder: str | None, mask_format: str,
+                val_fraction: float) -> DatasetSpec:
+  """The spec of a folder dataset (deeplab_jax/data/folder_builder.py):
+  its classes from classes.csv or classes.txt (or, for `ids` masks
+  without either, the ids found, named class_<i>, with a warning)."""
+  if mask_format not in folder_builder.MASK_FORMATS:
+    raise ConfigError(
+        f'config.data.mask_format = {mask_format!r}: use one of '
+        f'{", ".join(folder_builder.MASK_FORMATS)}.')
+  files = folder_builder.list_files(folder)
+  classes = folder_builder.read_classes(folder, mask_format)
+  if classes is None:
+    count = folder_builder.scan_class_ids(files, mask_format)
+    classes = folder_builder.FolderClasses(
+        tuple(f'class_{i}' for i in range(max(count, 2))))
+    logging.warning(
+        'No classes.txt or classes.csv in %s: %d classes from the ids '
+        'found in its masks, named class_<i>. Add classes.txt (line i names '
+        'class i) to name them.', folder, len(classes.names))
+  config = folder_builder.FolderConfig(
+      folder=os.fspath(os.path.expanduser(folder)), mask_format=mask_format,
+      val_fraction=val_fraction, class_names=classes.names,
+      fingerprint=files.fingerprint())
+  return DatasetSpec(folder_builder.FolderSegmentation.name,
+                     classes.names, classes.palette(), downloads=False,
+                     builder_kwargs={'config': config})
 
 
 def check_manual_dir(spec: DatasetSpec, manual_dir: str | None) -> None:
@@ -107,9 +152,17 @@ def check_download_hosts(spec: DatasetSpec, name: str) -> None:
           '--config.data.manual_dir=DIR.') from None
 
 
+def resolve_num_classes(config: Any) -> None:
+  """config.model.num_classes = 0 means the dataset's: set it (in place)."""
+  if config.model.num_classes == 0:
+    config.model.num_classes = dataset_spec(config.data).num_classes
+    logging.info('config.model.num_classes = %d (from %s)',
+                 config.model.num_classes, config.data.dataset)
+
+
 def check_num_classes(config: Any) -> None:
   """ConfigError unless config.model.num_classes fits config.data.dataset."""
-  spec = dataset_spec(config.data.dataset)
+  spec = dataset_spec(config.data)
   if config.model.num_classes != spec.num_classes:
     raise ConfigError(
         f'config.model.num_classes = {config.model.num_classes}, but '
@@ -121,7 +174,7 @@ def check_num_classes(config: Any) -> None:
 def class_names(config: Any) -> tuple[str, ...]:
   """The dataset's class names, or `class_<i>` when the model predicts
   another number of classes (a model fine-tuned elsewhere)."""
-  names = dataset_spec(config.data.dataset).class_names
+  names = dataset_spec(config.data).class_names
   if len(names) != config.model.num_classes:
     return tuple(f'class_{i}' for i in range(config.model.num_classes))
   return names

@@ -22,6 +22,7 @@ from typing import Any
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from deeplab_jax.data import augment
 from deeplab_jax.data.datasets import (DatasetSpec, check_download_hosts,
@@ -50,11 +51,13 @@ def prepare_dataset(data_config: Any) -> tfds.core.DatasetBuilder:
   Raises:
     DatasetError: missing or wrong manual_dir, download failure, bad masks.
   """
-  spec = dataset_spec(data_config.dataset)
+  spec = dataset_spec(data_config)
   manual_dir = data_config.manual_dir
   check_manual_dir(spec, manual_dir)
   builder = tfds.builder(spec.tfds_name, data_dir=data_config.data_dir,
-                         file_format='array_record')
+                         file_format='array_record', **spec.builder_kwargs)
+  if spec.builder_kwargs and not builder.is_prepared():
+    _say_if_changed(builder)
   if not manual_dir and spec.downloads and not builder.is_prepared():
     check_download_hosts(spec, data_config.dataset)
   try:
@@ -70,9 +73,25 @@ def prepare_dataset(data_config: Any) -> tfds.core.DatasetBuilder:
       raise DatasetError(
           f'{data_config.dataset}: a split came out empty ({e}): every file '
           'it lists was missing or unreadable (the warnings above name '
-          'them). Check config.data.manual_dir.') from None
+          'them). Check config.data.'
+          f'{"folder" if data_config.dataset == "folder" else "manual_dir"}.'
+      ) from None
     raise
   return builder
+
+
+def _say_if_changed(builder: tfds.core.DatasetBuilder) -> None:
+  """One line when the same folder was prepared before with other files
+  or options (its config name's fingerprint changed)."""
+  name = builder.builder_config.name
+  stem = name.rsplit('_', 1)[0]
+  root = epath.Path(builder.data_dir).parent.parent  # <data_dir>/<builder>.
+  older = sorted(p.name for p in root.glob(f'{stem}_*')
+                 if p.name != name) if root.is_dir() else []
+  if older:
+    print(f'{builder.builder_config.description} changed since it was '
+          f'prepared as {older[-1]} (files, classes, splits or options): '
+          f'preparing it again as {name}.', flush=True)
 
 
 def data_source(data_config: Any, split: str):
@@ -84,8 +103,9 @@ def data_source(data_config: Any, split: str):
           f'{data_config.dataset} has no split {name!r}; it has '
           f'{", ".join(builder.info.splits)}.')
   return tfds.data_source(
-      dataset_spec(data_config.dataset).tfds_name, split=split,
+      dataset_spec(data_config).tfds_name, split=split,
       data_dir=data_config.data_dir, download=False,
+      builder_kwargs=dataset_spec(data_config).builder_kwargs or None,
       decoders={
           'image': tfds.decode.SkipDecoding(),
           'segmentation_mask': tfds.decode.SkipDecoding()
@@ -234,7 +254,7 @@ def train_loader(config: Any, *, batch_size: int | None = None,
       num_records=len(source), shard_options=shard_options, shuffle=True,
       num_epochs=None, seed=config.seed if seed is None else seed)
   operations = [
-      TrainAugment(dataset=dataset_spec(d.dataset),
+      TrainAugment(dataset=dataset_spec(d),
                    preprocessing=backbones.preprocessing(config.model),
                    crop_size=d.crop_size, min_scale=d.min_scale,
                    max_scale=d.max_scale, scale_step=d.scale_step,
@@ -263,7 +283,7 @@ def eval_loader(config: Any, *, split: str | None = None, source=None,
   sampler = grain.samplers.IndexSampler(
       num_records=len(source), shard_options=shard_options, shuffle=False,
       num_epochs=1, seed=0)
-  operations = [EvalPad(dataset=dataset_spec(d.dataset),
+  operations = [EvalPad(dataset=dataset_spec(d),
                         preprocessing=backbones.preprocessing(config.model),
                         min_size=config.eval.crop_size,
                         resize=config.eval.resize_to_crop)]
