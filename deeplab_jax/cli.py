@@ -90,7 +90,10 @@ def split_literal_overrides(argv: Sequence[str]
       if text.strip() in _NONE_WORDS:
         literals[dotted] = None
         continue
-      if isinstance(node, list):
+      if isinstance(node, list) or _takes_any(schema, dotted):
+        if not isinstance(node, list) and not text.strip()[:1] in '[({':
+          literals[dotted] = text  # A name, e.g. inverse_frequency.
+          continue
         try:
           literals[dotted] = json.loads(text)
         except ValueError:
@@ -105,6 +108,17 @@ def split_literal_overrides(argv: Sequence[str]
         continue
     rest.append(arg)
   return rest, literals
+
+
+def _takes_any(schema: Any, dotted: str) -> bool:
+  """Whether config.<dotted> is a key of any type (a list or a name)."""
+  *parents, last = dotted.split('.')
+  node = schema
+  for part in parents:
+    node = node.get(part) if isinstance(node, ml_collections.ConfigDict) \
+        else None
+  return (isinstance(node, ml_collections.ConfigDict) and last in node and
+          node.get_type(last) is object)
 
 
 def apply_literal_overrides(config: Any, literals: dict[str, Any]) -> None:

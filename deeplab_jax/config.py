@@ -149,6 +149,13 @@ def default_config() -> ml_collections.ConfigDict:
   t.reduce_on_plateau_accumulation_steps = 1
   t.weight_decay = 4e-5  # L2 on conv kernels (not BatchNorm, not biases).
   t.regularize_depthwise = False  # The reference does not decay them.
+  # Per-class loss weights for imbalanced data: None (uniform), a list of
+  # num_classes weights, or 'inverse_frequency' (median frequency over
+  # each class's frequency, counted once from the training masks, logged).
+  t.class_weights = config_dict.placeholder(object)
+  # Backbone parameters and BatchNorm statistics fixed (the optimizer skips
+  # them): only the head, decoder and classifier train.
+  t.freeze_backbone = False
   t.top_k_percent_pixels = 1.0  # < 1: hard-pixel mining.
   t.hard_example_mining_step = 0  # Steps over which top-k anneals from 1.
   # BatchNorm in training: None (automatic) freezes it (moving statistics,
@@ -277,6 +284,20 @@ def _num_classes(key: str, value: Any, config: Any) -> None:
                 'integer >= 2')
 
 
+def _class_weights(key: str, value: Any, config: Any) -> None:
+  if value is None or value == 'inverse_frequency':
+    return
+  if (not isinstance(value, (list, tuple)) or
+      not all(_is_number(w) and w >= 0 for w in value) or
+      not any(w > 0 for w in value)):
+    raise _fail(key, value, "use None, 'inverse_frequency' or a list of "
+                'num_classes weights >= 0, e.g. [1.0, 5.0]')
+  n = config.model.num_classes
+  if n and len(value) != n:
+    raise _fail(key, value, f'give one weight per class: {n} '
+                '(config.model.num_classes)')
+
+
 def _dataset_name(key: str, value: Any, config: Any) -> None:
   del config
   if not isinstance(value, str) or not value:
@@ -339,6 +360,7 @@ RULES: tuple[tuple[str, Check], ...] = (
     ('train.weight_decay', _number(0.0, 1.0)),
     ('train.bias_lr_multiplier', _number(0.0, 1000.0)),
     ('train.batch_norm_min_batch', _int(1)),
+    ('train.class_weights', _class_weights),
     ('train.top_k_percent_pixels', _number(0.0, 1.0, lo_open=True)),
     ('train.hard_example_mining_step', _int(0)),
     ('train.log_every_steps', _int()),

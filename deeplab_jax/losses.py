@@ -13,7 +13,9 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *,
                           ignore_label: int,
                           top_k_percent_pixels: float = 1.0,
                           hard_example_mining_step: int = 0,
-                          step: jax.Array | int = 0) -> jax.Array:
+                          step: jax.Array | int = 0,
+                          class_weights: jax.Array | None = None
+                          ) -> jax.Array:
   """Mean cross-entropy over the labelled (or the hardest) pixels.
 
   Args:
@@ -24,6 +26,9 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *,
     hard_example_mining_step: steps over which the kept fraction anneals
       linearly from 1 to top_k_percent_pixels (0: from the start).
     step: the global step (for the annealing).
+    class_weights: None, or [C] float weights: each pixel's loss is scaled
+      by its class's weight and the mean is over the summed weights (as
+      PyTorch's `CrossEntropyLoss(weight=...)`).
 
   Returns:
     Scalar float32 loss (0 when no pixel is labelled).
@@ -34,8 +39,14 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *,
   pixel_losses = optax.softmax_cross_entropy_with_integer_labels(
       logits.astype(jnp.float32), safe_labels)
   pixel_losses = jnp.where(keep, pixel_losses, 0.0)
+  if class_weights is not None:
+    weights = jnp.where(keep, jnp.asarray(class_weights, jnp.float32)[
+        safe_labels], 0.0)
+    pixel_losses = pixel_losses * weights
+  else:
+    weights = keep.astype(jnp.float32)
   if top_k_percent_pixels >= 1.0:
-    return jnp.sum(pixel_losses) / jnp.maximum(jnp.sum(keep), 1e-5)
+    return jnp.sum(pixel_losses) / jnp.maximum(jnp.sum(weights), 1e-5)
   flat = pixel_losses.reshape(-1)
   num_pixels = flat.shape[0]
   if hard_example_mining_step > 0:

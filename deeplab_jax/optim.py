@@ -61,6 +61,7 @@ class ParameterMasks:
   """Pytrees of bools with the structure of the model's parameters."""
   weight_decay: Any  # Conv kernels that are L2-regularised.
   conv_bias: Any  # Conv biases (the reference's 2x learning rate).
+  backbone: Any = None  # The backbone's parameters (freeze_backbone).
 
 
 def _module_paths(model: nnx.Module, predicate) -> set[tuple[str, ...]]:
@@ -90,7 +91,9 @@ def parameter_masks(model: nnx.Module, params: Any,
 
   return ParameterMasks(
       weight_decay=jax.tree_util.tree_map_with_path(decayed, params),
-      conv_bias=jax.tree_util.tree_map_with_path(conv_bias, params))
+      conv_bias=jax.tree_util.tree_map_with_path(conv_bias, params),
+      backbone=jax.tree_util.tree_map_with_path(
+          lambda path, _: key_path(path)[0] == 'backbone', params))
 
 
 def l2_loss(params: Any, mask: Any, weight_decay: float) -> jax.Array:
@@ -131,4 +134,6 @@ def create_optimizer(train_config: Any, num_steps: int,
         patience=t.reduce_on_plateau_patience,
         accumulation_size=t.reduce_on_plateau_accumulation_steps,
         min_scale=1e-8 / t.learning_rate))
+  if t.freeze_backbone:  # Last: no update (decay included) reaches them.
+    parts.append(optax.masked(optax.set_to_zero(), masks.backbone))
   return optax.with_extra_args_support(optax.chain(*parts))

@@ -28,7 +28,7 @@ from jax.experimental import multihost_utils
 from deeplab_jax import (checkpoints, distributed, evaluate, losses,
                          metric_writers, optim, workdir_lock)
 from deeplab_jax.data import pipeline
-from deeplab_jax.data.datasets import dataset_spec
+from deeplab_jax.data.datasets import class_names, dataset_spec
 from deeplab_jax.errors import CheckpointError, NonFiniteLossError
 from deeplab_jax.models import create_model, with_output_stride
 from deeplab_jax.weights import pretrained
@@ -92,7 +92,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict,
                     masks: optim.ParameterMasks,
                     schedule: optax.Schedule,
-                    freeze_batch_norm: bool) -> Callable:
+                    freeze_batch_norm: bool,
+                    class_weights: np.ndarray | None = None) -> Callable:
   """The (unjitted) train step: (state, batch) -> (state, metrics).
 
   The L2 term and the bias multiplier live in `tx` (masked transforms);
@@ -111,12 +112,14 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
       model = nnx.merge(graphdef, params, state.batch_stats, copy=True)
       if freeze_batch_norm:
         model = nnx.view(model, use_running_average=True)
+      elif t.freeze_backbone:  # Its statistics fixed too.
+        model.backbone = nnx.view(model.backbone, use_running_average=True)
       logits = model(batch['image'], rngs=nnx.Rngs(dropout=dropout_key))
       cross_entropy = losses.softmax_cross_entropy(
           logits, labels, ignore_label=ignore_label,
           top_k_percent_pixels=t.top_k_percent_pixels,
           hard_example_mining_step=t.hard_example_mining_step,
-          step=state.step)
+          step=state.step, class_weights=class_weights)
       new_stats = nnx.state(model, nnx.BatchStat)
       return cross_entropy, (logits, new_stats)
 
@@ -174,7 +177,8 @@ class Trainer:
   """
 
   def __init__(self, config: ml_collections.ConfigDict, num_steps: int,
-               mesh: jax.sharding.Mesh | None = None):
+               mesh: jax.sharding.Mesh | None = None,
+               class_weights: np.ndarray | None = None):
     self.config = config
     self.num_steps = num_steps
     self.mesh = mesh or distributed.make_mesh()
@@ -196,8 +200,12 @@ class Trainer:
     logging.info('%s', self.batch_norm_reason)
     if warning:
       logging.warning('%s', warning)
+    if class_weights is None and isinstance(config.train.class_weights,
+                                            (list, tuple)):
+      class_weights = np.asarray(config.train.class_weights, np.float32)
     step_fn = make_train_step(self.graphdef, self.tx, config, self.masks,
-                              self.schedule, self.freeze_batch_norm)
+                              self.schedule, self.freeze_batch_norm,
+                              class_weights)
     self.train_step = jax.jit(
         step_fn, in_shardings=(self.replicated, self.data_sharding),
         out_shardings=(self.replicated, self.replicated), donate_argnums=0)
@@ -353,7 +361,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
           f'{num_steps} steps of {config.train.batch_size} on {len(source)} '
           f'images; config.train.num_steps ({config.train.num_steps}) is not '
           'used (set --config.train.num_epochs=None to use it).', flush=True)
-  trainer = Trainer(config, num_steps, mesh)
+  class_weights = None
+  if config.train.class_weights == 'inverse_frequency':
+    class_weights = pipeline.inverse_frequency_weights(
+        config.data, source, config.model.num_classes)
+    print('config.train.class_weights = inverse_frequency: ' + ', '.join(
+        f'{name} {w:.3g}' for name, w in zip(class_names(config),
+                                             class_weights)), flush=True)
+  trainer = Trainer(config, num_steps, mesh, class_weights)
   checkpointer = checkpoints.Checkpointer(
       workdir, max_to_keep=config.train.keep_checkpoints)
   data_iterator = iter(pipeline.train_loader(

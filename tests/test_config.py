@@ -283,3 +283,24 @@ def test_unwritable_eval_folder_is_one_message_before_any_work(tmp_path):
     cli.ensure_writable(str(blocked / 'eval'), '--workdir')
   cli.ensure_writable(str(tmp_path / 'ok' / 'eval'), '--workdir')
   assert (tmp_path / 'ok' / 'eval').is_dir()
+
+
+def test_class_weights_take_a_list_or_a_name_from_the_command_line():
+  from deeplab_jax import cli  # pylint: disable=g-import-not-at-top
+  _, literals = cli.split_literal_overrides(
+      ['--config.train.class_weights=[1, 2.5]'])
+  assert literals == {'train.class_weights': [1, 2.5]}
+  _, literals = cli.split_literal_overrides(
+      ['--config.train.class_weights=inverse_frequency'])
+  assert literals == {'train.class_weights': 'inverse_frequency'}
+  config = default_config()
+  config.train.class_weights = 'inverse_frequency'
+  validate_config(config)
+  config.train.class_weights = [1.0] * 21
+  validate_config(config)
+  config.train.class_weights = [1.0, 2.0]
+  with pytest.raises(ConfigError, match='give one weight per class: 21'):
+    validate_config(config)
+  config.train.class_weights = 'balanced'
+  with pytest.raises(ConfigError, match="'inverse_frequency'"):
+    validate_config(config)

@@ -85,3 +85,29 @@ def test_hard_pixel_mining_keeps_the_largest_losses():
       jnp.asarray(logits), jnp.asarray(labels), ignore_label=255,
       top_k_percent_pixels=0.25, hard_example_mining_step=100, step=0)
   assert float(start) == pytest.approx(pixel.mean(), rel=1e-5)
+
+
+def test_class_weights_scale_each_pixel_and_normalise_by_their_sum():
+  """As PyTorch's CrossEntropyLoss(weight=w, ignore_index=255): sum of
+  w[y] * CE over labelled pixels / sum of w[y] (NumPy reference)."""
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 3, 4, 3)).astype(np.float32)
+  labels = rng.integers(0, 3, (2, 3, 4)).astype(np.int32)
+  labels[0, 0, :2] = 255
+  weights = np.array([0.5, 2.0, 4.0], np.float32)
+  shifted = logits - logits.max(-1, keepdims=True)
+  log_p = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  keep = labels != 255
+  safe = np.where(keep, labels, 0)
+  ce = -np.take_along_axis(log_p, safe[..., None], -1)[..., 0]
+  w = np.where(keep, weights[safe], 0.0)
+  expected = (ce * w).sum() / w.sum()
+  got = losses.softmax_cross_entropy(jnp.asarray(logits), jnp.asarray(labels),
+                                     ignore_label=255, class_weights=weights)
+  np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+  uniform = losses.softmax_cross_entropy(
+      jnp.asarray(logits), jnp.asarray(labels), ignore_label=255,
+      class_weights=np.ones(3, np.float32))
+  plain = losses.softmax_cross_entropy(jnp.asarray(logits),
+                                       jnp.asarray(labels), ignore_label=255)
+  np.testing.assert_allclose(float(uniform), float(plain), rtol=1e-6)

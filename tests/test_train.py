@@ -583,3 +583,31 @@ def test_a_full_disk_while_saving_is_one_message(voc_config, tmp_path,
   assert 'checkpoint step 2 in' in str(error.value)
   assert 'is intact' in str(error.value)
   assert checkpoints.Checkpointer(workdir, read_only=True).all_steps() == [2]
+
+
+def test_freeze_backbone_trains_only_the_head_decoder_and_classifier():
+  rng = np.random.default_rng(1)
+  batch = {'image': rng.uniform(-1, 1, (8, 33, 33, 3)).astype(np.float32),
+           'label': rng.integers(0, 5, (8, 33, 33)).astype(np.uint8)}
+  config = default_config()
+  config.model = tiny_model_config(**{'num_classes': 5})
+  config.train.batch_size = 8
+  config.train.learning_rate = 0.05
+  config.train.batch_norm_min_batch = 1
+  config.train.freeze_backbone = True
+  config.train.class_weights = [1.0, 2.0, 1.0, 3.0, 1.0]
+  trainer = train.Trainer(config, num_steps=10)
+  trainer.place()
+  flat = lambda tree: {k: np.array(v) for k, v in
+                       checkpoints.flatten_state(tree).items()}
+  params, stats = flat(trainer.state.params), flat(trainer.state.batch_stats)
+  trainer.step(batch)
+  new_params = flat(trainer.state.params)
+  new_stats = flat(trainer.state.batch_stats)
+  for before, after in ((params, new_params), (stats, new_stats)):
+    moved = {k for k in before if not np.array_equal(before[k], after[k])}
+    assert not {k for k in moved if k[0] == 'backbone'}  # Fixed.
+    rest = {k for k in before if k[0] != 'backbone'}
+    assert len(moved) >= 0.9 * len(rest), sorted(rest - moved)  # Trained.
+  assert ('logits', 'kernel') in {k for k in params if not np.array_equal(
+      params[k], new_params[k])}

@@ -112,6 +112,28 @@ def data_source(data_config: Any, split: str):
       })
 
 
+def inverse_frequency_weights(data_config: Any, source: Any,
+                              num_classes: int) -> np.ndarray:
+  """[num_classes] float32 loss weights, median frequency balancing:
+  median(f) / f_c over the classes present, f_c = class c's share of the
+  labelled pixels of `source` (ignored pixels not counted); absent classes
+  get 0 (no pixel of theirs is ever weighted). Reads every mask once."""
+  spec = dataset_spec(data_config)
+  counts = np.zeros(num_classes, np.int64)
+  for i in range(len(source)):
+    mask = spec.map_labels(augment.decode_mask(source[i]['segmentation_mask']))
+    values = mask[mask != spec.ignore_label].astype(np.int64)
+    counts += np.bincount(values, minlength=num_classes)[:num_classes]
+  present = counts > 0
+  if not present.any():
+    raise DatasetError(f'{data_config.dataset}: the training masks hold no '
+                       'labelled pixel; class weights cannot be computed.')
+  frequency = counts / counts.sum()
+  weights = np.zeros(num_classes, np.float32)
+  weights[present] = np.median(frequency[present]) / frequency[present]
+  return weights
+
+
 def _loader(source, sampler, operations, shard_options, worker_count: int,
             buffer_size: int) -> grain.DataLoader:
   if worker_count > 0:

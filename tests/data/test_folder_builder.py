@@ -314,3 +314,21 @@ def test_the_voc_sample_as_an_rgb_folder_scores_what_voc_scores(
   assert from_folder['pixels'] == from_voc['pixels']
   assert from_folder['miou'] == from_voc['miou'] > 0.3
   assert from_folder['per_class_iou'] == from_voc['per_class_iou']
+
+
+def test_inverse_frequency_weights_from_the_training_masks(tmp_path):
+  folder = tmp_path / 'counts'
+  image = np.zeros((10, 10, 3), np.uint8)
+  mask = np.zeros((10, 10), np.uint8)  # 60 background, 30 of 1, 10 ignore.
+  mask[:3] = 1
+  mask[3] = 255
+  for i in range(4):
+    _write(folder, f'm{i}', image, mask, suffix='.png')
+  (folder / 'classes.txt').write_text('bg\none\nnever\n')
+  config = folder_config(folder, tmp_path / 'tfds', val_fraction=0.3)
+  source = pipeline.data_source(config.data, 'train')
+  weights = pipeline.inverse_frequency_weights(config.data, source, 3)
+  frequency = np.array([60, 30]) / 90
+  median = np.median(frequency)
+  np.testing.assert_allclose(weights, [median / frequency[0],
+                                       median / frequency[1], 0.0], rtol=1e-6)
