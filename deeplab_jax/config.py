@@ -103,7 +103,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   d = c.data
   # A name of deeplab_jax.data.datasets.DATASETS (voc2012 | voc2012_aug |
-  # demo | folder); its spec gives the classes, palette and ignore label.
+  # demo | folder | cityscapes | ade20k); its spec gives the classes, palette and ignore label.
   d.dataset = 'voc2012'
   d.data_dir = config_dict.placeholder(str)  # TFDS data_dir; None: default.
   d.manual_dir = config_dict.placeholder(str)  # VOC tars or VOCdevkit/.
@@ -302,7 +302,8 @@ def _dataset_name(key: str, value: Any, config: Any) -> None:
   del config
   if not isinstance(value, str) or not value:
     raise _fail(key, value,
-                'name a dataset: voc2012, voc2012_aug, demo or folder')
+                'name a dataset: voc2012, voc2012_aug, demo, folder, '
+                'cityscapes or ade20k')
 
 
 _INF = float('inf')

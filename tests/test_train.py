@@ -611,3 +611,18 @@ def test_freeze_backbone_trains_only_the_head_decoder_and_classifier():
     assert len(moved) >= 0.9 * len(rest), sorted(rest - moved)  # Trained.
   assert ('logits', 'kernel') in {k for k in params if not np.array_equal(
       params[k], new_params[k])}
+
+
+def test_a_folded_backbone_at_a_high_rate_gets_a_warning():
+  config = default_config()
+  config.train.init_from = 'mnv2_dm05_pascal_float_257'  # TFLite: folded.
+  config.train.learning_rate = 0.01
+  assert 'freeze_backbone=True' in train.folded_backbone_warning(config)
+  config.train.freeze_backbone = True
+  assert train.folded_backbone_warning(config) is None
+  config.train.freeze_backbone = False
+  config.train.learning_rate = 1e-4  # The reference fine-tuning rate.
+  assert train.folded_backbone_warning(config) is None
+  config.train.learning_rate = 0.01
+  config.train.init_from = 'mnv2_pascal_train_aug'  # Unfolded TF checkpoint.
+  assert train.folded_backbone_warning(config) is None

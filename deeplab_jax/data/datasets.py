@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from deeplab_jax.data import demo_builder, folder_builder, voc, voc_builder
-from deeplab_jax.data.labels import IGNORE_LABEL
+from deeplab_jax.data import (ade20k_builder, cityscapes_builder, demo_builder,
+                              folder_builder, voc, voc_builder)
+from deeplab_jax.data.labels import IGNORE_LABEL, bit_interleaved_palette
 from deeplab_jax.errors import ConfigError, DatasetError
 
 
@@ -82,6 +83,17 @@ DATASETS: dict[str, DatasetSpec] = {
         download_urls=(voc.VOC_URL, voc.SBD_URL)),
     'demo': DatasetSpec('deeplab_demo_shapes', demo_builder.CLASS_NAMES,
                         demo_builder.PALETTE, downloads=False),
+    'cityscapes': DatasetSpec(
+        cityscapes_builder.DeeplabCityscapes.name,
+        cityscapes_builder.CLASS_NAMES, cityscapes_builder.PALETTE,
+        label_map=cityscapes_builder.label_map(),
+        check_manual_dir=cityscapes_builder.check_manual_dir,
+        downloads=False),
+    'ade20k': DatasetSpec(
+        ade20k_builder.DeeplabAde20k.name, ade20k_builder.CLASS_NAMES,
+        bit_interleaved_palette(), label_map=ade20k_builder.label_map(),
+        check_manual_dir=ade20k_builder.check_manual_dir,
+        download_urls=(ade20k_builder.URL,)),
     'folder': lambda data: folder_spec(data.folder, data.mask_format,
                                        data.val_fraction),
 }

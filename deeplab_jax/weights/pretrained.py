@@ -27,6 +27,7 @@ from deeplab_jax import checkpoints
 from deeplab_jax.config import default_config
 from deeplab_jax.errors import WeightImportError
 from deeplab_jax.models import create_model
+from deeplab_jax.models.deeplab import LOGITS_TF_SCOPE
 from deeplab_jax.weights import keras as keras_weights
 from deeplab_jax.weights import tf_checkpoint, tflite
 
@@ -204,8 +205,27 @@ def read_init_weights(source: str, config: Any
   else:
     path = fetch(source) if '://' in source else os.path.expanduser(source)
   if path.endswith('.tflite') or _is_tf_checkpoint(path):
-    return checkpoints.module_weights(load_model_file(path, config))
+    # Built with the file's own classifier, so that a config for other
+    # classes (fine-tuning to new data) loads everything else and keeps
+    # its own classifier (copy_matching skips the shape that differs).
+    file_config = config.copy_and_resolve_references()
+    file_config.model.num_classes = file_num_classes(path)
+    return checkpoints.module_weights(load_model_file(path, file_config))
   return checkpoints.read_weights(path)
+
+
+def file_num_classes(path: str) -> int:
+  """The number of classes of an official file's classifier."""
+  if str(path).endswith('.tflite'):
+    layers = tflite.read_tflite(path).layers
+    if LOGITS_TF_SCOPE not in layers:
+      raise WeightImportError(f'{path} has no {LOGITS_TF_SCOPE} layer.')
+    return int(layers[LOGITS_TF_SCOPE][0].shape[-1])
+  variables = tf_checkpoint.read_checkpoint(path)
+  name = f'{LOGITS_TF_SCOPE}/weights'
+  if name not in variables:
+    raise WeightImportError(f'{path} has no {name} variable.')
+  return int(variables[name].shape[-1])
 
 
 def load_into_model(model: nnx.Module, source: str, config: Any, *,

@@ -332,3 +332,71 @@ def test_inverse_frequency_weights_from_the_training_masks(tmp_path):
   median = np.median(frequency)
   np.testing.assert_allclose(weights, [median / frequency[0],
                                        median / frequency[1], 0.0], rtol=1e-6)
+
+
+# ------------------------------------- an official model to new classes
+
+
+def person_folder(voc_devkit, folder):
+  """'Person vs the rest' as a binary folder dataset: the 26 sample train
+  images for training, the 6 val images for validation; VOC's void band
+  counts as 'the rest'."""
+  root = voc_devkit / 'VOC2012'
+  (folder / 'images').mkdir(parents=True)
+  (folder / 'masks').mkdir()
+  (folder / 'splits').mkdir()
+  for name in ('train', 'val'):
+    shutil.copy(root / 'ImageSets' / 'Segmentation' / f'{name}.txt',
+                folder / 'splits' / f'{name}.txt')
+  person = voc.CLASS_NAMES.index('person')
+  for mask_path in sorted((root / 'SegmentationClass').glob('*.png')):
+    shutil.copy(root / 'JPEGImages' / f'{mask_path.stem}.jpg',
+                folder / 'images')
+    ids = voc.read_mask(mask_path.read_bytes())
+    Image.fromarray(((ids == person) * 255).astype(np.uint8)).save(
+        folder / 'masks' / mask_path.name)
+  (folder / 'classes.txt').write_text('rest\nperson\n')
+  return folder
+
+
+def person_fine_tune(voc_devkit, models_dir, tmp_path, steps, crop_size=257):
+  """Fine-tunes the official float dm0.5 model to person vs the rest with a
+  new 2-class classifier; (person IoU after the classifier's
+  initialisation alone, after `steps` steps)."""
+  from deeplab_jax import checkpoints, cli, train  # pylint: disable=g-import-not-at-top
+  folder = person_folder(voc_devkit, tmp_path / 'person')
+  config = pretrained.config_for('mnv2_dm05_pascal_float_257')
+  config.data = folder_config(folder, tmp_path / 'tfds', 'binary').data
+  config.data.crop_size = crop_size
+  config.model.num_classes = 0  # The dataset's: 2.
+  datasets.resolve_num_classes(config)
+  assert config.model.num_classes == 2
+  config.train.init_from = str(models_dir / 'deeplabv3_257_mv_gpu.tflite')
+  config.train.batch_size = 4
+  config.train.learning_rate = 0.01
+  # Person is a fifth of the labelled pixels: weighted, the classifier does
+  # not settle on 'the rest' everywhere first.
+  config.train.class_weights = 'inverse_frequency'
+  # The folded-BatchNorm backbone of a TFLite export is fragile: trained at
+  # this rate (or at 1e-3) its features died and person IoU fell to 0.0 in
+  # 30 steps; with the backbone frozen it rose from 0.07 to 0.35.
+  config.train.freeze_backbone = True
+  config.train.num_steps = steps
+  config.train.checkpoint_every_steps = steps
+  config.train.log_every_steps = steps
+  config.eval.num_result_images = 0
+  evaluator = evaluate.Evaluator(config)
+  workdir = tmp_path / 'run'
+  initial, _ = cli.inference_model(config, None)  # init_from, new classifier.
+  before = evaluator.evaluate(initial, workdir=None)['per_class_iou']['person']
+  train.train(config, str(workdir))
+  tuned, _ = checkpoints.restore_model(config, str(workdir))
+  after = evaluator.evaluate(tuned, workdir=None)['per_class_iou']['person']
+  return before, after
+
+
+def test_an_official_model_fine_tuned_to_person_vs_the_rest(
+    voc_sample_dir, shared_models_dir, tmp_path):
+  before, after = person_fine_tune(voc_sample_dir, shared_models_dir,
+                                   tmp_path, steps=30)
+  assert after > before + 0.15, (before, after)  # Measured 0.066 -> 0.347.
