@@ -17,6 +17,14 @@ reference fine-tunes it), 20,000 steps, poly LR 0.007; evaluation at OS 16,
 single scale. To start from an official model (recommended for small
 data), add --config.train.init_from=mnv2_pascal_train_aug (or a .tflite
 path): every array whose shape fits is loaded, the classifier is new.
+
+Measured on this 2-core machine (no GPU): the 32 VOC sample images laid out
+as a folder with rgb masks score exactly the VOC path's mIoU (a test); the
+official float dm0.5 model fine-tuned on "person vs the rest" from the 26
+sample train images (its own config with this folder, batch 4, 257 crops,
+lr 0.01, inverse-frequency class weights, frozen backbone; the README's
+command) raised person IoU on the 6 val images from 0.066 to 0.405 in 300
+steps, 108 s of training. No full run of this recipe was made here.
 """
 
 from deeplab_jax.config import default_config

@@ -21,6 +21,7 @@ from absl import logging
 from etils import epath
 
 from deeplab_jax.data.labels import IGNORE_LABEL
+from deeplab_jax.data.features import segmentation_features
 from deeplab_jax.errors import DatasetError
 
 URL = ('http://data.csail.mit.edu/places/ADEchallenge/'
@@ -89,13 +90,7 @@ class DeeplabAde20k(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         description='ADE20K SceneParsing, 150 classes (0 = other).',
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(None, None, 3),
-                                         encoding_format='jpeg'),
-            'segmentation_mask': tfds.features.Image(
-                shape=(None, None, 1), encoding_format='png'),
-            'file_name': tfds.features.Text(),
-        }),
+        features=segmentation_features('jpeg'),
         supervised_keys=('image', 'segmentation_mask'),
         homepage='http://sceneparsing.csail.mit.edu',
         metadata=tfds.core.MetadataDict(),

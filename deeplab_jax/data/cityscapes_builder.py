@@ -24,6 +24,7 @@ from etils import epath
 from PIL import Image
 
 from deeplab_jax.data.labels import IGNORE_LABEL, palette_with
+from deeplab_jax.data.features import segmentation_features
 from deeplab_jax.errors import DatasetError
 
 IMAGES_ZIP = 'leftImg8bit_trainvaltest.zip'
@@ -88,13 +89,7 @@ class DeeplabCityscapes(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         description='Cityscapes fine annotations; masks hold label ids.',
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(None, None, 3),
-                                         encoding_format='png'),
-            'segmentation_mask': tfds.features.Image(
-                shape=(None, None, 1), encoding_format='png'),
-            'file_name': tfds.features.Text(),
-        }),
+        features=segmentation_features('png'),
         supervised_keys=('image', 'segmentation_mask'),
         homepage='https://www.cityscapes-dataset.com',
         metadata=tfds.core.MetadataDict(),

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, ImageDraw
 
+from deeplab_jax.data.features import segmentation_features
 from deeplab_jax.data.labels import IGNORE_LABEL, palette_with
 
 CLASS_NAMES = ('background', 'disk', 'square', 'triangle')
@@ -143,13 +144,7 @@ class DeeplabDemoShapes(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(None, None, 3),
-                                         encoding_format='png'),
-            'segmentation_mask': tfds.features.Image(
-                shape=(None, None, 1), encoding_format='png'),
-            'file_name': tfds.features.Text(),
-        }),
+        features=segmentation_features('png'),
         supervised_keys=('image', 'segmentation_mask'),
         metadata=tfds.core.MetadataDict(class_names=list(CLASS_NAMES)),
     )

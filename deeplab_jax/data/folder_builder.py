@@ -46,6 +46,7 @@ from etils import epath
 from PIL import Image
 
 from deeplab_jax.data.labels import IGNORE_LABEL, palette_with
+from deeplab_jax.data.features import segmentation_features
 from deeplab_jax.errors import DatasetError
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
@@ -360,12 +361,7 @@ class FolderSegmentation(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         description='A folder of images and segmentation masks.',
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(None, None, 3)),
-            'segmentation_mask': tfds.features.Image(
-                shape=(None, None, 1), encoding_format='png'),
-            'file_name': tfds.features.Text(),
-        }),
+        features=segmentation_features(None),
         supervised_keys=('image', 'segmentation_mask'),
         metadata=tfds.core.MetadataDict(),
     )

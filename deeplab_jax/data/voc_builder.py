@@ -37,6 +37,7 @@ from PIL import Image
 
 from deeplab_jax.data import voc
 from deeplab_jax.data.labels import IGNORE_LABEL
+from deeplab_jax.data.features import segmentation_features
 from deeplab_jax.errors import DatasetError
 
 _CITATION = """\
@@ -173,14 +174,7 @@ class VocSegmentation(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         description='PASCAL VOC 2012 semantic segmentation (21 classes).',
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(None, None, 3),
-                                         encoding_format='jpeg'),
-            # Class ids 0..20, 255 = ignore (object boundaries, ambiguous).
-            'segmentation_mask': tfds.features.Image(
-                shape=(None, None, 1), encoding_format='png'),
-            'file_name': tfds.features.Text(),
-        }),
+        features=segmentation_features('jpeg'),
         supervised_keys=('image', 'segmentation_mask'),
         homepage='http://host.robots.ox.ac.uk/pascal/VOC/voc2012/',
         citation=_CITATION,
