@@ -9,7 +9,13 @@ poly learning rate 0.01 for 150,000 steps as the reference ADE20K recipe
     python main.py --config=configs/ade20k.py --workdir=runs/ade20k
 
 Offline: --config.data.manual_dir=DIR with ADEChallengeData2016.zip (or its
-extracted folder). Not trained on this machine (no GPU).
+extracted folder).
+
+Measured here (2 CPU cores, no GPU): --mode=summary gives 2,758,726
+parameters (plus 38,784 BatchNorm statistics); a 2-step run on files the
+tests write in the official layout trains and saves
+(tests/data/test_cityscapes_ade20k_builders.py). No real training: the
+archive cannot be downloaded here and a full run needs a GPU.
 """
 
 from deeplab_jax.config import default_config

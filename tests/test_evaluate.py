@@ -27,7 +27,7 @@ from tests.conftest import voc_train_config
 pytestmark = pytest.mark.xdist_group('voc_run')
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def voc_run(voc_prepared, tmp_path_factory):
   """30 steps on the 26 VOC sample training images, evaluated on the 6
   val images at steps 15 and 30; then the config."""

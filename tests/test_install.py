@@ -36,7 +36,7 @@ def _run(args, **kwargs):
   return result
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def venv(tmp_path_factory):
   """A venv with `pip install "<repo>[notebook]"`: pyproject's ranges only
   (plus the notebook runner, which Colab has)."""

@@ -56,7 +56,7 @@ def _assert_same_step(a, b, atol=1e-5):
   assert worst <= atol, worst
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def one_device_step(tmp_path_factory):
   """The reference: one step on one device."""
   out, process = _one_step(tmp_path_factory.mktemp('one'), 'one',
