@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import os
+import re
 import signal
 import sys
 from typing import Any
@@ -86,10 +87,12 @@ def _say_if_changed(builder: tfds.core.DatasetBuilder) -> None:
   name = builder.builder_config.name
   stem = name.rsplit('_', 1)[0]
   root = epath.Path(builder.data_dir).parent.parent  # <data_dir>/<builder>.
-  older = sorted(p.name for p in root.glob(f'{stem}_*')
-                 if p.name != name) if root.is_dir() else []
+  older = sorted(
+      p.name for p in root.iterdir() if p.name != name and
+      re.fullmatch(re.escape(stem) + r'_[0-9a-f]{12}', p.name)
+  ) if root.is_dir() else []
   if older:
-    print(f'{builder.builder_config.description} changed since it was '
+    print(f'The folder {builder.builder_config.folder} changed since it was '
           f'prepared as {older[-1]} (files, classes, splits or options): '
           f'preparing it again as {name}.', flush=True)
 
