@@ -94,8 +94,9 @@ DATASETS: dict[str, DatasetSpec] = {
         bit_interleaved_palette(), label_map=ade20k_builder.label_map(),
         check_manual_dir=ade20k_builder.check_manual_dir,
         download_urls=(ade20k_builder.URL,)),
-    'folder': lambda data: folder_spec(data.folder, data.mask_format,
-                                       data.val_fraction),
+    'folder': lambda data: folder_spec(
+        data.folder, data.mask_format, data.val_fraction,
+        folder_builder.listing_stamp(data.folder)),
 }
 
 
@@ -116,11 +117,15 @@ def dataset_spec(data: Any) -> DatasetSpec:
 
 
 @functools.lru_cache(maxsize=8)
-def folder_spec(folder: str | None, mask_format: str,
-                val_fraction: float) -> DatasetSpec:
+def folder_spec(folder: str | None, mask_format: str, val_fraction: float,
+                stamp: tuple[int, ...] = ()) -> DatasetSpec:
   """The spec of a folder dataset (deeplab_jax/data/folder_builder.py):
   its classes from classes.csv or classes.txt (or, for `ids` masks
-  without either, the ids found, named class_<i>, with a warning)."""
+  without either, the ids found, named class_<i>, with a warning).
+
+  Cached per `stamp` (folder_builder.listing_stamp), so a notebook that
+  adds files to the folder gets a new spec, not a stale one."""
+  del stamp  # Only the cache key.
   if mask_format not in folder_builder.MASK_FORMATS:
     raise ConfigError(
         f'config.data.mask_format = {mask_format!r}: use one of '

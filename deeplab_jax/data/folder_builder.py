@@ -208,6 +208,18 @@ def list_files(folder: epath.PathLike) -> FolderFiles:
                            for stem in sorted(images)))
 
 
+def listing_stamp(folder: epath.PathLike | None) -> tuple[int, ...]:
+  """Modification times (ns) of the folder's parts: they change when files
+  are added, removed or renamed, or a list is edited (cheap to read)."""
+  if not folder:
+    return ()
+  root = epath.Path(os.path.expanduser(os.fspath(folder)))
+  parts = ('images', 'masks', 'classes.txt', 'classes.csv', 'splits',
+           'splits/train.txt', 'splits/val.txt')
+  return tuple(os.stat(root / p).st_mtime_ns if (root / p).exists() else 0
+               for p in parts)
+
+
 def split_stems(folder: epath.PathLike, stems: Sequence[str],
                 val_fraction: float) -> dict[str, list[str]]:
   """{'train': stems, 'validation': stems}: from DIR/splits/ when it has
