@@ -114,6 +114,15 @@ def _prepare(data_config) -> None:
   pipeline.prepare_dataset(data_config)
 
 
+# main.py flags for the smallest model the CLI tests train (seconds a step).
+TINY_MODEL_FLAGS = (
+    '--config.model.backbone.depth_multiplier=0.35',
+    '--config.model.head.channels=8',
+    '--config.model.head.projection_channels=8',
+    '--config.model.decoder.channels=8',
+    '--config.model.decoder.low_level_channels=8')
+
+
 @pytest.fixture(scope='session')
 def demo_data_dir(tmp_path_factory):
   """The built-in demo dataset, generated once per test run."""

@@ -13,6 +13,7 @@ from PIL import Image
 from deeplab_jax.config import default_config
 from deeplab_jax.data import augment, datasets, pipeline
 from deeplab_jax.errors import DatasetError
+from tests.conftest import TINY_MODEL_FLAGS
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -156,11 +157,7 @@ def test_summary_and_two_training_steps(dataset, voc_sample_dir, tmp_path,
                 f'--config.data.data_dir={tmp_path / "tfds"}',
                 '--config.data.num_workers=0', '--config.data.crop_size=65',
                 '--config.train.batch_size=2', '--config.train.num_steps=2',
-                '--config.model.backbone.depth_multiplier=0.35',
-                '--config.model.head.channels=8',
-                '--config.model.head.projection_channels=8',
-                '--config.model.decoder.channels=8',
-                '--config.model.decoder.low_level_channels=8'],
+                *TINY_MODEL_FLAGS],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, (result.stdout[-3000:] +
                                   result.stderr[-3000:])
