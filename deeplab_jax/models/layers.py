@@ -13,7 +13,9 @@
   backward pass costs about as much as the forward.
 * 1x1 stride-1 convolutions are one matrix product on XLA:CPU, whose
   kernel gradient is a GEMM (XLA:CPU's own is a whole-map convolution
-  that ran at 2 GFLOP/s); `ConvBN.fold_batch_norm` folds BatchNorm into the
+  that ran at 2 GFLOP/s); other dense convolutions (`dense_conv`) keep
+  XLA's forward and input gradient and take their kernel gradient as one
+  GEMM per tap; `ConvBN.fold_batch_norm` folds BatchNorm into the
   conv for inference-only copies (`models.fold_batch_norm`).
 * `resize_bilinear` has align-corners semantics (TF1
   `resize_bilinear(align_corners=True)`), which the reference uses
@@ -62,20 +64,38 @@ def _tap_slice(x: Array, i: int, j: int, out_hw: tuple[int, int],
   return lax.slice(x, start, limit, (1, sh, sw, 1))
 
 
-def _padded_geometry(hw, kernel_hw, strides, rates):
-  pads = tuple(
-      tf_same_padding(n, k, s, r)
-      for n, k, s, r in zip(hw, kernel_hw, strides, rates))
-  out_hw = tuple(-(-n // s) for n, s in zip(hw, strides))
+def fixed_padding(kernel: int, rate: int = 1) -> tuple[int, int]:
+  """(before, after) of the reference's `fixed_padding` (`conv2d_same`):
+  independent of the input size, so that a stride-2 conv on an even input
+  samples the same pixels as on an odd one (TF 'SAME' would pad 0 before)."""
+  total = (kernel - 1) * rate
+  return total // 2, total - total // 2
+
+
+def _padded_geometry(hw, kernel_hw, strides, rates, padding='SAME'):
+  """((before, after) per axis, output size per axis) for 'SAME', 'VALID'
+  or explicit ((top, bottom), (left, right)) padding."""
+  if padding == 'SAME':
+    pads = tuple(
+        tf_same_padding(n, k, s, r)
+        for n, k, s, r in zip(hw, kernel_hw, strides, rates))
+  elif padding == 'VALID':
+    pads = ((0, 0), (0, 0))
+  else:
+    pads = tuple(tuple(p) for p in padding)
+  out_hw = tuple((n + b + a - (k - 1) * r - 1) // s + 1
+                 for n, k, s, r, (b, a) in zip(hw, kernel_hw, strides, rates,
+                                               pads))
   return pads, out_hw
 
 
-def shifted_sum_autodiff(x, w, strides, rates):
+def shifted_sum_autodiff(x, w, strides, rates, padding='SAME'):
   """The shifted-sum depthwise conv without the custom VJP (JAX autodiff
   differentiates it): what `shifted_depthwise_conv` computes, for
   benchmarks/depthwise.py's comparison of the two backward passes."""
   kh, kw = w.shape[0], w.shape[1]
-  pads, out_hw = _padded_geometry(x.shape[1:3], (kh, kw), strides, rates)
+  pads, out_hw = _padded_geometry(x.shape[1:3], (kh, kw), strides, rates,
+                                  padding)
   xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
   out = None
   for i in range(kh):
@@ -85,32 +105,35 @@ def shifted_sum_autodiff(x, w, strides, rates):
   return out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def shifted_depthwise_conv(x: Array, w: Array, strides: tuple[int, int],
-                           rates: tuple[int, int]) -> Array:
-  """Depthwise conv (channel multiplier 1) with TF 'SAME' padding.
+                           rates: tuple[int, int],
+                           padding: str | tuple = 'SAME') -> Array:
+  """Depthwise conv (channel multiplier 1).
 
   Args:
     x: [N, H, W, C] input.
     w: [kh, kw, 1, C] kernel (the HWIO layout of a grouped conv).
     strides: (stride_h, stride_w).
     rates: (dilation_h, dilation_w).
+    padding: TF 'SAME', 'VALID', or ((top, bottom), (left, right)) as a
+      tuple of tuples.
 
   Returns:
-    [N, ceil(H / stride_h), ceil(W / stride_w), C].
+    [N, H', W', C]: ceil(H / stride_h) x ceil(W / stride_w) for 'SAME'.
   """
-  return shifted_sum_autodiff(x, w, strides, rates)
+  return shifted_sum_autodiff(x, w, strides, rates, padding)
 
 
-def _shifted_fwd(x, w, strides, rates):
-  return shifted_sum_autodiff(x, w, strides, rates), (x, w)
+def _shifted_fwd(x, w, strides, rates, padding):
+  return shifted_sum_autodiff(x, w, strides, rates, padding), (x, w)
 
 
-def _shifted_bwd(strides, rates, residuals, g):
+def _shifted_bwd(strides, rates, padding, residuals, g):
   x, w = residuals
   kh, kw = w.shape[0], w.shape[1]
   h, wd = x.shape[1], x.shape[2]
-  pads, out_hw = _padded_geometry((h, wd), (kh, kw), strides, rates)
+  pads, out_hw = _padded_geometry((h, wd), (kh, kw), strides, rates, padding)
   xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
   # Kernel gradient: sum over N, H, W of (tap slice * g) for every tap, as
   # one variadic reduction so that XLA makes a single pass over x and g
@@ -167,18 +190,21 @@ def _shifted_conv_general_dilated(lhs, rhs, window_strides, padding,
                                   **kwargs):
   """`lax.conv_general_dilated` that routes depthwise convs to the shifted sum.
 
-  Anything that is not an NHWC depthwise conv with 'SAME' padding and no input
-  dilation goes to the native op unchanged.
+  Anything that is not an NHWC depthwise conv without input dilation goes
+  to the native op unchanged.
   """
   channels = lhs.shape[-1]
+  if not isinstance(padding, str):  # Explicit pairs: hashable for the VJP.
+    padding = tuple(tuple(int(v) for v in p) for p in padding)
   if (feature_group_count > 1 and feature_group_count == channels and
-      padding == 'SAME' and _is_nhwc(dimension_numbers) and
+      _is_nhwc(dimension_numbers) and
       all(d == 1 for d in (lhs_dilation or (1, 1))) and
       not kwargs.get('preferred_element_type')):
     multiplier = rhs.shape[-1] // channels
     x = jnp.repeat(lhs, multiplier, axis=-1) if multiplier > 1 else lhs
     rates = tuple(rhs_dilation or (1, 1))
-    return shifted_depthwise_conv(x, rhs, tuple(window_strides), rates)
+    return shifted_depthwise_conv(x, rhs, tuple(window_strides), rates,
+                                  padding)
   return lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
       rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
@@ -217,12 +243,72 @@ def _pointwise_conv_general_dilated(lhs, rhs, window_strides, padding,
     return lax.dot_general(
         lhs, rhs[0, 0], (((lhs.ndim - 1,), (0,)), ((), ())),
         precision=precision, preferred_element_type=preferred_element_type)
+  if (jax.default_backend() == 'cpu' and rhs.shape[:2] != (1, 1) and
+      feature_group_count == 1 and _is_nhwc(dimension_numbers) and
+      all(d == 1 for d in (lhs_dilation or (1, 1))) and
+      precision is None and preferred_element_type is None and not kwargs):
+    if not isinstance(padding, str):
+      padding = tuple(tuple(int(v) for v in p) for p in padding)
+    return dense_conv(lhs, rhs, tuple(window_strides),
+                      tuple(rhs_dilation or (1, 1)), padding)
   if preferred_element_type is not None:
     kwargs['preferred_element_type'] = preferred_element_type
   return lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
       rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
       feature_group_count=feature_group_count, precision=precision, **kwargs)
+
+
+def _native_dense(x, w, strides, rates, padding):
+  pads, _ = _padded_geometry(x.shape[1:3], w.shape[:2], strides, rates,
+                             padding)
+  return lax.conv_general_dilated(
+      x, w, strides, pads, rhs_dilation=rates,
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def dense_conv(x: Array, w: Array, strides: tuple[int, int],
+               rates: tuple[int, int], padding: str | tuple = 'SAME'
+               ) -> Array:
+  """A dense kxk conv (NHWC, HWIO) whose kernel gradient is k*k GEMMs.
+
+  The forward pass and the input gradient are XLA's own convolutions; the
+  kernel gradient, which XLA:CPU computes 3-12x slower than the forward
+  (measured: 633 vs 53 ms for 3x3, 64 channels, 4x129x129), is one matrix
+  product per tap, [pixels, C_in]^T @ [pixels, C_out] over the strided,
+  dilated slice of the padded input that the tap sees (189 ms there).
+
+  Args:
+    x: [N, H, W, C_in].
+    w: [kh, kw, C_in, C_out].
+    strides, rates: (h, w) each.
+    padding: TF 'SAME', 'VALID' or ((top, bottom), (left, right)).
+  """
+  return _native_dense(x, w, strides, rates, padding)
+
+
+def _dense_fwd(x, w, strides, rates, padding):
+  return _native_dense(x, w, strides, rates, padding), (x, w)
+
+
+def _dense_bwd(strides, rates, padding, residuals, g):
+  x, w = residuals
+  kh, kw, c_in, c_out = w.shape
+  _, dx_fn = jax.vjp(lambda x: _native_dense(x, w, strides, rates, padding),
+                     x)
+  pads, out_hw = _padded_geometry(x.shape[1:3], (kh, kw), strides, rates,
+                                  padding)
+  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  g_rows = g.reshape(-1, c_out)
+  dw = jnp.stack([
+      _tap_slice(xp, i, j, out_hw, strides, rates).reshape(-1, c_in).T
+      @ g_rows for i in range(kh) for j in range(kw)
+  ]).reshape(kh, kw, c_in, c_out)
+  return dx_fn(g)[0], dw.astype(w.dtype)
+
+
+dense_conv.defvjp(_dense_fwd, _dense_bwd)
 
 
 CONV_IMPLEMENTATIONS: dict[str, Callable[..., Array]] = {
@@ -369,24 +455,33 @@ class BatchNorm(nnx.BatchNorm):
 
 
 class ConvBN(nnx.Module):
-  """Conv (no bias) -> BatchNorm -> activation, TF 'SAME' padding.
+  """Conv -> BatchNorm -> activation.
 
   `groups == in_features` makes it a depthwise conv (channel multiplier
-  out_features // in_features).
+  out_features // in_features). Padding is TF 'SAME'; `explicit_padding`
+  pads a strided conv by `fixed_padding` instead, as the reference's ResNet
+  and Xception (`conv2d_same`, `separable_conv2d_same`) and Keras's ResNet
+  do (the two differ on even inputs). `use_bias` adds a conv bias before
+  the BatchNorm (Keras's ResNet has one; the reference's convs do not).
   """
 
   def __init__(self, in_features: int, out_features: int,
                kernel_size: int = 1, *, strides: int = 1,
                rate: int | Sequence[int] = 1, groups: int = 1,
                activation: str | None = 'relu',
+               explicit_padding: bool = False, use_bias: bool = False,
                options: LayerOptions = LayerOptions(), rngs: nnx.Rngs):
     conv_fn = (CONV_IMPLEMENTATIONS[options.depthwise_impl]
                if groups > 1 else _pointwise_conv_general_dilated)
     rate = (rate, rate) if isinstance(rate, int) else tuple(rate)
+    padding = 'SAME'
+    if explicit_padding and strides > 1:
+      # For stride 1 TF 'SAME' already is the symmetric fixed padding.
+      padding = tuple(fixed_padding(kernel_size, r) for r in rate)
     self.conv = nnx.Conv(
         in_features, out_features, (kernel_size, kernel_size),
-        strides=strides, padding='SAME', kernel_dilation=rate,
-        feature_group_count=groups, use_bias=False, dtype=options.dtype,
+        strides=strides, padding=padding, kernel_dilation=rate,
+        feature_group_count=groups, use_bias=use_bias, dtype=options.dtype,
         kernel_init=he_init, conv_general_dilated=conv_fn, rngs=rngs)
     self.bn = BatchNorm(
         out_features, momentum=options.bn_momentum,
@@ -411,13 +506,17 @@ class ConvBN(nnx.Module):
     factor = lax.rsqrt(bn.var[...] + bn.epsilon)
     if bn.scale is not None:
       factor = factor * bn.scale[...]
-    bias = -bn.mean[...] * factor
+    conv_bias = self.conv.bias[...] if self.conv.bias is not None else 0.0
+    bias = (conv_bias - bn.mean[...]) * factor
     if bn.bias is not None:
       bias = bias + bn.bias[...]
     # HWIO kernel: the output channel is the last axis, also for depthwise
     # kernels ([kh, kw, 1, C * multiplier]).
     self.conv.kernel[...] = self.conv.kernel[...] * factor
-    self.conv.bias = nnx.Param(bias)
+    if self.conv.bias is not None:
+      self.conv.bias[...] = bias
+    else:
+      self.conv.bias = nnx.Param(bias)
     self.conv.use_bias = True
     self.bn = None
 

@@ -110,6 +110,48 @@ def test_tf_same_padding_is_asymmetric_for_even_inputs():
   assert not np.allclose(out * np.sqrt(1 + eps), torch_style)
 
 
+@pytest.mark.parametrize('size', [(8, 8), (9, 7)])
+@pytest.mark.parametrize('rate', [1, 2])
+@pytest.mark.parametrize('groups', [1, 4])
+def test_explicit_padding_is_the_reference_fixed_padding(size, rate, groups):
+  # conv2d_same / separable_conv2d_same: pad (k_eff - 1) // 2 before and the
+  # rest after, whatever the input size, then a VALID conv; the shifted
+  # depthwise path must give the native conv's values and gradients.
+  conv = layers.ConvBN(4, 4, 3, strides=2, rate=rate, groups=groups,
+                       activation=None, explicit_padding=True,
+                       options=layers.LayerOptions(depthwise_impl='shifted'),
+                       rngs=nnx.Rngs(0))
+  kernel = conv.conv.kernel[...]
+  x = jax.random.normal(jax.random.key(1), (2, *size, 4))
+  pad = layers.fixed_padding(3, rate)
+  assert pad == (rate, rate)
+  def reference(x, kernel):
+    padded = jnp.pad(x, ((0, 0), pad, pad, (0, 0)))
+    return lax.conv_general_dilated(
+        padded, kernel, (2, 2), 'VALID', rhs_dilation=(rate, rate),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups,
+        precision=lax.Precision.HIGHEST)
+  def ours(x, kernel):
+    return conv.conv.conv_general_dilated(
+        x, kernel, (2, 2), conv.conv.padding, lhs_dilation=(1, 1),
+        rhs_dilation=(rate, rate),
+        dimension_numbers=lax.conv_dimension_numbers(
+            x.shape, kernel.shape, ('NHWC', 'HWIO', 'NHWC')),
+        feature_group_count=groups, precision=lax.Precision.HIGHEST)
+  want, got = reference(x, kernel), ours(x, kernel)
+  assert got.shape == want.shape == (2, -(-size[0] // 2), -(-size[1] // 2), 4)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  cotangent = jax.random.normal(jax.random.key(2), want.shape)
+  grads = [jax.grad(lambda x, k, f=f: jnp.sum(f(x, k) * cotangent), (0, 1))(
+      x, kernel) for f in (reference, ours)]
+  for a, b in zip(*grads):
+    np.testing.assert_allclose(b, a, atol=1e-4)
+  # And the module's own forward uses it (TF 'SAME' would differ on 8x8).
+  y = nnx.view(conv, use_running_average=True)(x)
+  np.testing.assert_allclose(y * np.sqrt(1 + conv.bn.epsilon), want,
+                             atol=1e-4)
+
+
 def _numpy_align_corners(x, out_h, out_w):
   """Independent loop implementation of TF1 resize_bilinear(align_corners)."""
   n, h, w, c = x.shape
@@ -193,3 +235,33 @@ def test_batch_norm_equals_flax_batch_norm_in_both_modes(dtype):
                                     getattr(theirs, name)[...])
     moved = not np.array_equal(ours.mean[...], np.zeros(3))
     assert moved == training
+
+
+@pytest.mark.parametrize('kernel,stride,rate,padding', [
+    (3, 1, 1, 'SAME'), (3, 2, 1, 'SAME'), (3, 2, 2, ((2, 2), (2, 2))),
+    (7, 2, 1, ((3, 3), (3, 3)))])
+def test_dense_conv_matches_native_values_and_gradients(kernel, stride, rate,
+                                                        padding):
+  # The kernel gradient is one GEMM per tap over the slice the tap sees.
+  kx, kw, kg = jax.random.split(jax.random.key(3), 3)
+  x = jax.random.normal(kx, (2, 10, 9, 5))
+  w = jax.random.normal(kw, (kernel, kernel, 5, 6))
+  def native(x, w):
+    return lax.conv_general_dilated(
+        x, w, (stride, stride), padding if padding == 'SAME' else list(
+            padding), rhs_dilation=(rate, rate),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        precision=lax.Precision.HIGHEST)
+  def ours(x, w):
+    return layers.dense_conv(x, w, (stride, stride), (rate, rate), padding)
+  want, got = native(x, w), ours(x, w)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+  cotangent = jax.random.normal(kg, want.shape)
+  grads = [jax.vjp(f, x, w)[1](cotangent) for f in (native, ours)]
+  np.testing.assert_allclose(grads[1][0], grads[0][0], atol=1e-4, rtol=1e-5)
+  np.testing.assert_allclose(grads[1][1], grads[0][1], atol=2e-4, rtol=1e-5)
+  # ConvBN routes dense kxk convs there on CPU.
+  jaxpr = str(jax.make_jaxpr(lambda x: layers.ConvBN(
+      5, 6, 3, rngs=nnx.Rngs(0)).conv(x))(x))
+  assert 'dense_conv' in jaxpr or 'custom_vjp_call' in jaxpr

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import jax
@@ -134,6 +134,26 @@ class ConfigChecks:
   one_of: Callable[[str, Any, Any], None]
   positive_int: Callable[..., None]
   number_in: Callable[..., None]
+
+
+def atrous_schedule(strides: Sequence[int],
+                    output_stride: int) -> list[tuple[int, int]]:
+  """(layer stride, layer dilation) per layer for a target output stride.
+
+  Slim's and the reference's atrous conversion (`stack_blocks_dense`,
+  `mobilenet_base`): walking the layers in order, once the running stride
+  equals `output_stride` every later layer runs with stride 1 and the
+  current rate, and the rate grows by the layer's nominal stride.
+  """
+  current_stride, rate, schedule = 1, 1, []
+  for stride in strides:
+    if current_stride == output_stride:
+      schedule.append((1, rate))
+      rate *= stride
+    else:
+      schedule.append((stride, 1))
+      current_stride *= stride
+  return schedule
 
 
 def layer_options(backbone_config: Any, *, dtype: Any,

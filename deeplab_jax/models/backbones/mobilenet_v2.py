@@ -13,7 +13,6 @@ by its nominal stride.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -22,7 +21,8 @@ from flax import nnx
 
 from deeplab_jax.models.backbones.base import (INCEPTION_PREPROCESSING,
                                                Backbone, ConfigChecks,
-                                               Preprocessing, layer_options)
+                                               Preprocessing, atrous_schedule,
+                                               layer_options)
 from deeplab_jax.models.layers import ConvBN, LayerOptions
 
 Array = jax.Array
@@ -72,20 +72,6 @@ class BlockLayout:
   @property
   def residual(self) -> bool:
     return self.stride == 1 and self.in_channels == self.out_channels
-
-
-def atrous_schedule(strides: Sequence[int],
-                    output_stride: int) -> list[tuple[int, int]]:
-  """(layer stride, layer dilation) per layer for a target output stride."""
-  current_stride, rate, schedule = 1, 1, []
-  for stride in strides:
-    if current_stride == output_stride:
-      schedule.append((1, rate))
-      rate *= stride
-    else:
-      schedule.append((stride, 1))
-      current_stride *= stride
-  return schedule
 
 
 def mobilenet_v2_layout(depth_multiplier: float = 1.0,
