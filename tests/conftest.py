@@ -55,23 +55,30 @@ def shared_models_dir() -> pathlib.Path:
   return _require(MODELS, 'The official DeepLab TFLite models')
 
 
-def random_keras_mobilenet_v2(alpha, size):
-  """keras.applications.MobileNetV2 with random weights and non-trivial
-  BatchNorm statistics (KERAS_BACKEND=jax)."""
+def randomize_keras_batch_norm(model, seed, gamma=(0.5, 1.5)):
+  """Non-trivial BatchNorm statistics and affines for a Keras model, so that
+  a weight mapping that mixes up BN variables shows."""
   import keras  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  model = keras.applications.MobileNetV2(
-      input_shape=(size, size, 3), alpha=alpha, include_top=False,
-      weights=None)
-  rng = np.random.default_rng(int(alpha * 100))
+  rng = np.random.default_rng(seed)
   for layer in model.layers:
     if isinstance(layer, keras.layers.BatchNormalization):
       c = layer.gamma.shape[0]
       layer.set_weights([
-          rng.uniform(0.5, 1.5, c), rng.normal(0, 0.2, c),
+          rng.uniform(*gamma, c), rng.normal(0, 0.2, c),
           rng.normal(0, 0.2, c), rng.uniform(0.5, 1.5, c)
       ])
   return model
+
+
+def random_keras_mobilenet_v2(alpha, size):
+  """keras.applications.MobileNetV2 with random weights and non-trivial
+  BatchNorm statistics (KERAS_BACKEND=jax)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  model = keras.applications.MobileNetV2(
+      input_shape=(size, size, 3), alpha=alpha, include_top=False,
+      weights=None)
+  return randomize_keras_batch_norm(model, int(alpha * 100))
 
 
 def tiny_model_config(**overrides):

@@ -54,8 +54,9 @@ def check_scopes(model_scopes, file_scopes, source: str,
     if extra:
       parts.append(f'the file has layers the model lacks: {", ".join(extra)}')
     raise WeightImportError(
-        f'{source} does not fit this model: {"; ".join(parts)}. The '
-        'published MobileNetV2 models have no atrous ASPP branches and no '
-        'decoder: use configs/voc_pretrained.py (or set '
-        'config.model.head.atrous_rates=() and '
+        f'{source} does not fit this model: {"; ".join(parts)}. Use the '
+        "file's own config (configs/voc_pretrained.py:NAME), or make "
+        "config.model's backbone, head and decoder match the file's: e.g. "
+        'the published MobileNetV2 models have no atrous ASPP branches and '
+        'no decoder (config.model.head.atrous_rates=() and '
         "config.model.decoder.type='upsample').")

@@ -1,9 +1,15 @@
-"""Keras `keras.applications.MobileNetV2` weights -> our MobileNetV2 backbone.
+"""Keras `keras.applications` ImageNet weights -> our backbones.
 
-Keras names: Conv1 + bn_Conv1 (stem); block 0 is `expanded_conv_*` (no
+MobileNetV2: Conv1 + bn_Conv1 (stem); block 0 is `expanded_conv_*` (no
 expand); blocks 1..16 are `block_<i>_{expand,depthwise,project}` each with a
 `_BN`. Keras rounds every width to a multiple of 8, so the backbone must be
 built with channel_rounding='keras' (identical to 'deeplab' at alpha 1.0).
+
+ResNet50/101: conv1_conv + conv1_bn (stem), `conv<s>_block<u>_<i>_{conv,bn}`
+with i = 0 the shortcut and 1..3 the bottleneck convs; the backbone must be
+built with layout='keras' (strides in the first unit, conv biases). Keras's
+ResNet takes BGR: the stem kernel's input channels are reversed so that ours
+takes RGB.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from deeplab_jax.checkpoints import module_weights
 from deeplab_jax.errors import MissingDependencyError, WeightImportError
 from deeplab_jax.models.layers import ConvBN, LayerOptions
 from deeplab_jax.models.backbones.mobilenet_v2 import MobileNetV2
+from deeplab_jax.models.backbones.resnet import ResNetV1
 from deeplab_jax.weights.common import assign, set_batch_norm
 
 
@@ -33,7 +40,8 @@ def _keras_weights(keras_model: Any) -> dict[str, np.ndarray]:
 
 
 def _load_conv_bn(target: ConvBN, weights: dict[str, np.ndarray], conv: str,
-                  bn: str, depthwise: bool = False) -> None:
+                  bn: str, depthwise: bool = False,
+                  reverse_input_channels: bool = False) -> None:
   key = f'{conv}/kernel'
   if depthwise and key not in weights:  # Keras 2 name.
     key = f'{conv}/depthwise_kernel'
@@ -43,7 +51,11 @@ def _load_conv_bn(target: ConvBN, weights: dict[str, np.ndarray], conv: str,
   if depthwise:  # Keras [kh, kw, C, multiplier] -> grouped HWIO [kh, kw, 1, C*m]
     kh, kw, c, m = kernel.shape
     kernel = kernel.reshape(kh, kw, 1, c * m)
+  if reverse_input_channels:  # BGR -> RGB input.
+    kernel = kernel[:, :, ::-1, :]
   assign(target.conv.kernel, kernel, key)
+  if target.conv.bias is not None:
+    assign(target.conv.bias, weights[f'{conv}/bias'], f'{conv}/bias')
   set_batch_norm(
       target.bn, bn, gamma=weights.get(f'{bn}/gamma'),
       beta=weights[f'{bn}/beta'], mean=weights[f'{bn}/moving_mean'],
@@ -65,6 +77,24 @@ def load_keras_mobilenet_v2(backbone: MobileNetV2, keras_model: Any) -> None:
                   prefix + 'project_BN')
 
 
+def _keras():
+  os.environ.setdefault('KERAS_BACKEND', 'jax')
+  try:
+    import keras  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise MissingDependencyError(
+        'ImageNet initialisation needs Keras 3: pip install keras') from e
+  return keras
+
+
+def _with_weights(model: Any, weights: str | None) -> Any:
+  if weights not in (None, 'imagenet'):
+    if not os.path.exists(weights):
+      raise WeightImportError(f'Keras weights file {weights!r} does not exist.')
+    model.load_weights(weights, skip_mismatch=False)
+  return model
+
+
 def keras_mobilenet_v2(alpha: float, weights: str | None = 'imagenet',
                        input_size: int = 224) -> Any:
   """A Keras MobileNetV2 without its top (KERAS_BACKEND=jax, no TensorFlow).
@@ -72,21 +102,44 @@ def keras_mobilenet_v2(alpha: float, weights: str | None = 'imagenet',
   weights='imagenet' downloads Keras's published ImageNet weights (online);
   a path loads a local `.weights.h5` / `.h5` file; None keeps random weights.
   """
-  os.environ.setdefault('KERAS_BACKEND', 'jax')
-  try:
-    import keras  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise MissingDependencyError(
-        'ImageNet initialisation needs Keras 3: pip install keras') from e
-  local = weights not in (None, 'imagenet')
-  model = keras.applications.MobileNetV2(
+  keras = _keras()
+  return _with_weights(keras.applications.MobileNetV2(
       input_shape=(input_size, input_size, 3), alpha=alpha,
-      include_top=False, weights=None if local else weights)
-  if local:
-    if not os.path.exists(weights):
-      raise WeightImportError(f'Keras weights file {weights!r} does not exist.')
-    model.load_weights(weights, skip_mismatch=False)
-  return model
+      include_top=False,
+      weights='imagenet' if weights == 'imagenet' else None), weights)
+
+
+def keras_resnet(depth: int, weights: str | None = 'imagenet',
+                 input_size: int = 224) -> Any:
+  """keras.applications.ResNet50 / ResNet101 without its top; `weights` as
+  in `keras_mobilenet_v2`."""
+  keras = _keras()
+  constructor = {50: keras.applications.ResNet50,
+                 101: keras.applications.ResNet101}[depth]
+  return _with_weights(constructor(
+      input_shape=(input_size, input_size, 3), include_top=False,
+      weights='imagenet' if weights == 'imagenet' else None), weights)
+
+
+def load_keras_resnet(backbone: ResNetV1, keras_model: Any) -> None:
+  """Copies a Keras ResNet's weights (and BN statistics) in place into a
+  ResNetV1 built with layout='keras' and the 7x7 stem."""
+  if backbone.layout != 'keras' or backbone.stem_type != '7x7':
+    raise WeightImportError(
+        "Keras's ResNet subsamples in a block's first unit and has conv "
+        "biases: set config.model.backbone.layout='keras' (and stem='7x7') "
+        'to load its weights.')
+  weights = _keras_weights(keras_model)
+  _load_conv_bn(backbone.stem[0], weights, 'conv1_conv', 'conv1_bn',
+                reverse_input_channels=True)
+  for b, block in enumerate(backbone.blocks):
+    for u, unit in enumerate(block, 1):
+      prefix = f'conv{b + 2}_block{u}_'
+      if unit.shortcut is not None:
+        _load_conv_bn(unit.shortcut, weights, prefix + '0_conv',
+                      prefix + '0_bn')
+      for i, conv in enumerate((unit.conv1, unit.conv2, unit.conv3), 1):
+        _load_conv_bn(conv, weights, f'{prefix}{i}_conv', f'{prefix}{i}_bn')
 
 
 KERAS_IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
@@ -94,14 +147,27 @@ KERAS_IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 
 def imagenet_backbone_weights(model_config: Any, weights: str = 'imagenet'
                               ) -> dict[tuple[str, ...], np.ndarray]:
-  """Keras's ImageNet MobileNetV2 as {('params'|'batch_stats', 'backbone',
+  """Keras's ImageNet backbone as {('params'|'batch_stats', 'backbone',
   ...): array}, for `config.train.init_from='keras_imagenet'`.
 
   Args:
-    model_config: config.model (its backbone's depth multiplier picks the
-      Keras alpha; its channel rounding must be Keras's).
+    model_config: config.model. MobileNetV2: its depth multiplier picks the
+      Keras alpha, its channel rounding must be Keras's. ResNetV1: its depth
+      picks ResNet50/101, its layout must be Keras's.
     weights: 'imagenet' (Keras downloads them) or a local Keras weights file.
   """
+  name = model_config.backbone.name
+  if name == ResNetV1.name:
+    b = model_config.backbone
+    backbone = ResNetV1(depth=b.depth, stem=b.stem, layout=b.layout,
+                        output_stride=32, rngs=nnx.Rngs(0))
+    load_keras_resnet(backbone, keras_resnet(b.depth, weights=weights))
+    return module_weights(backbone, prefix=('backbone',))
+  if name != MobileNetV2.name:
+    raise WeightImportError(
+        f"Keras publishes no ImageNet weights for backbone {name!r}: "
+        "'keras_imagenet' takes mobilenet_v2 or resnet_v1 (the zoo's ImageNet "
+        'checkpoints are in deeplab_jax/weights/pretrained.py).')
   alpha = float(model_config.backbone.depth_multiplier)
   if weights == 'imagenet' and alpha not in KERAS_IMAGENET_ALPHAS:
     raise WeightImportError(

@@ -1,11 +1,14 @@
-"""Pretrained weights: the official DeepLab MobileNetV2 PASCAL models.
+"""Pretrained weights: the official DeepLab PASCAL models (MobileNetV2,
+Xception-65) and the zoo's ImageNet backbones (ResNet v1 beta, Xception-65).
 
 `config.train.init_from` takes:
-  * a name below (downloaded once into $DEEPLAB_JAX_CACHE, default
-    ~/.cache/deeplab_jax, and checked against its sha256);
+  * a name in MODELS or BACKBONE_CHECKPOINTS below (downloaded once into
+    $DEEPLAB_JAX_CACHE, default ~/.cache/deeplab_jax, and checked against
+    its sha256 where one is published);
   * a path or URL of a `.tflite` export, a TF checkpoint (prefix, folder or
     zoo `.tar.gz`), or a checkpoint folder of this project;
-  * `keras_imagenet`: Keras's ImageNet MobileNetV2 (the backbone only).
+  * `keras_imagenet`: Keras's ImageNet MobileNetV2 or ResNet50/101 (the
+    backbone only).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from flax import nnx
 from deeplab_jax import checkpoints
 from deeplab_jax.config import default_config
 from deeplab_jax.errors import WeightImportError
-from deeplab_jax.models import create_model
+from deeplab_jax.models import backbones, create_model
 from deeplab_jax.models.deeplab import LOGITS_TF_SCOPE
 from deeplab_jax.weights import keras as keras_weights
 from deeplab_jax.weights import tf_checkpoint, tflite
@@ -43,6 +46,21 @@ class Pretrained:
   sha256: str | None
   source: str
   zoo_miou: str  # As published.
+  backbone: str = 'mobilenet_v2'
+  # The published evaluation protocol.
+  eval_scales: tuple[float, ...] = (1.0,)
+  eval_flip: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneCheckpoint:
+  """An ImageNet-pretrained backbone of the DeepLab zoo, for
+  `config.train.init_from` (the backbone only; the head, decoder and
+  classifier keep their initialisation)."""
+  url: str
+  backbone: str  # config.model.backbone.name it fits.
+  settings: tuple[tuple[str, Any], ...]  # Backbone keys it needs.
+  source: str
 
 
 _ZOO = 'http://download.tensorflow.org/models/'
@@ -92,7 +110,59 @@ MODELS = {
         input_size=513, sha256=None,
         source='DeepLab model zoo (TF checkpoint)',
         zoo_miou='70.19% (val, OS 16)'),
+    # The DeepLabV3+ paper's Xception-65 (ASPP 6/12/18 at OS 16, decoder),
+    # pretrained on ImageNet and COCO; zoo figures use OS 8, scales
+    # 0.5:0.25:1.75 and flips.
+    'xception65_pascal_train_aug': Pretrained(
+        url=_ZOO + 'deeplabv3_pascal_train_aug_2018_01_04.tar.gz',
+        format='tf_checkpoint', depth_multiplier=1.0, output_stride=8,
+        input_size=513, sha256=None,
+        source='DeepLab model zoo (TF checkpoint)',
+        zoo_miou='82.20% (val, OS 8, multi-scale + flip)',
+        backbone='xception_65',
+        eval_scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), eval_flip=True),
+    'xception65_pascal_trainval': Pretrained(
+        url=_ZOO + 'deeplabv3_pascal_trainval_2018_01_04.tar.gz',
+        format='tf_checkpoint', depth_multiplier=1.0, output_stride=8,
+        input_size=513, sha256=None,
+        source='DeepLab model zoo (TF checkpoint)',
+        zoo_miou='87.80% (test, OS 8, multi-scale + flip; val was trained on)',
+        backbone='xception_65',
+        eval_scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), eval_flip=True),
 }
+
+# The zoo's ImageNet checkpoints of the backbones (model_zoo.md,
+# "ImageNet pretrained checkpoints").
+BACKBONE_CHECKPOINTS = {
+    'resnet_v1_50_beta_imagenet': BackboneCheckpoint(
+        url=_ZOO + 'resnet_v1_50_2018_05_04.tar.gz', backbone='resnet_v1',
+        settings=(('depth', 50), ('stem', 'beta'), ('layout', 'reference')),
+        source='DeepLab model zoo, resnet_v1_50_beta ImageNet (274 MB)'),
+    'resnet_v1_101_beta_imagenet': BackboneCheckpoint(
+        url=_ZOO + 'resnet_v1_101_2018_05_04.tar.gz', backbone='resnet_v1',
+        settings=(('depth', 101), ('stem', 'beta'), ('layout', 'reference')),
+        source='DeepLab model zoo, resnet_v1_101_beta ImageNet (477 MB)'),
+    'xception_65_imagenet': BackboneCheckpoint(
+        url=_ZOO + 'deeplabv3_xception_2018_01_04.tar.gz',
+        backbone='xception_65', settings=(),
+        source='DeepLab model zoo, xception_65 ImageNet (447 MB)'),
+}
+
+
+def _check_backbone_checkpoint(name: str, model_config: Any) -> None:
+  entry = BACKBONE_CHECKPOINTS[name]
+  b = model_config.backbone
+  wrong = [f'{key}={value!r}' for key, value in entry.settings
+           if b.get(key) != value]
+  if b.name != entry.backbone or wrong:
+    needs = ', '.join([f'name={entry.backbone!r}'] + [
+        f'{k}={v!r}' for k, v in entry.settings])
+    raise WeightImportError(
+        f'{name} is a {entry.backbone} checkpoint for config.model.backbone '
+        f'with {needs}; this config has name={b.name!r}'
+        + (f' and needs {", ".join(wrong)}' if wrong else '') +
+        ': use its config (configs/voc_resnet*.py, configs/voc_xception65.py)'
+        ' or set those keys.')
 
 
 def config_for(name: str):
@@ -105,10 +175,13 @@ def config_for(name: str):
   config = default_config()
   config.data.dataset = 'voc2012'
   m = config.model
-  m.backbone.depth_multiplier = entry.depth_multiplier
-  m.backbone.channel_rounding = 'deeplab'
-  m.head.atrous_rates = ()  # The published MobileNetV2 head.
-  m.decoder.type = 'upsample'
+  if entry.backbone == 'mobilenet_v2':
+    m.backbone.depth_multiplier = entry.depth_multiplier
+    m.backbone.channel_rounding = 'deeplab'
+    m.head.atrous_rates = ()  # The published MobileNetV2 head.
+    m.decoder.type = 'upsample'
+  else:  # Xception-65: the DeepLabV3+ defaults (ASPP 6/12/18, decoder).
+    m.backbone = backbones.backbone_config(entry.backbone)
   config.train.init_from = name
   config.train.init_from_scope = 'model'
   e = config.eval
@@ -116,8 +189,8 @@ def config_for(name: str):
   e.crop_size = entry.input_size
   # TFLite exports have a fixed input: images are resized to fit it.
   e.resize_to_crop = entry.format == 'tflite'
-  e.scales = (1.0,)
-  e.flip = False
+  e.scales = entry.eval_scales
+  e.flip = entry.eval_flip
   return config
 
 
@@ -202,8 +275,18 @@ def read_init_weights(source: str, config: Any
   if source in MODELS:
     entry = MODELS[source]
     path = fetch(entry.url, entry.sha256)
+  elif source in BACKBONE_CHECKPOINTS:
+    _check_backbone_checkpoint(source, config.model)
+    path = fetch(BACKBONE_CHECKPOINTS[source].url)
   else:
     path = fetch(source) if '://' in source else os.path.expanduser(source)
+  if _is_tf_checkpoint(path) and file_num_classes(path) is None:
+    # An ImageNet checkpoint of the backbone (the zoo's resnet_v1_*_beta,
+    # xception_65): no DeepLab head, decoder or classifier.
+    model = create_model(config.model, output_stride=config.eval.output_stride)
+    tf_checkpoint.load_into(model, tf_checkpoint.read_checkpoint(path), path,
+                            backbone_only=True)
+    return checkpoints.module_weights(model.backbone, prefix=('backbone',))
   if path.endswith('.tflite') or _is_tf_checkpoint(path):
     # Built with the file's own classifier, so that a config for other
     # classes (fine-tuning to new data) loads everything else and keeps
@@ -214,18 +297,19 @@ def read_init_weights(source: str, config: Any
   return checkpoints.read_weights(path)
 
 
-def file_num_classes(path: str) -> int:
-  """The number of classes of an official file's classifier."""
+def file_num_classes(path: str) -> int | None:
+  """The number of classes of an official file's classifier (None: a TF
+  checkpoint without one, i.e. a backbone's ImageNet checkpoint)."""
   if str(path).endswith('.tflite'):
     layers = tflite.read_tflite(path).layers
     if LOGITS_TF_SCOPE not in layers:
       raise WeightImportError(f'{path} has no {LOGITS_TF_SCOPE} layer.')
     return int(layers[LOGITS_TF_SCOPE][0].shape[-1])
-  variables = tf_checkpoint.read_checkpoint(path)
+  shapes = tf_checkpoint.variable_shapes(path)
   name = f'{LOGITS_TF_SCOPE}/weights'
-  if name not in variables:
-    raise WeightImportError(f'{path} has no {name} variable.')
-  return int(variables[name].shape[-1])
+  if name not in shapes:
+    return None
+  return int(shapes[name][-1])
 
 
 def load_into_model(model: nnx.Module, source: str, config: Any, *,

@@ -1,9 +1,11 @@
 """DeepLab model-zoo TF checkpoints (unfolded BatchNorm) -> the Flax model.
 
-The zoo's `deeplabv3_mnv2_*.tar.gz` archives hold `model.ckpt-*` files with
-variables named `<scope>/weights` (HWIO), `<scope>/depthwise_weights`
+The zoo's `deeplabv3_*.tar.gz` archives (MobileNetV2, Xception-65) hold
+`model.ckpt-*` files with variables named `<scope>/weights` (HWIO), `<scope>/depthwise_weights`
 ([kh, kw, C, 1]), `<scope>/BatchNorm/{gamma,beta,moving_mean,
-moving_variance}` and `logits/semantic/{weights,biases}`. Reading them needs
+moving_variance}` and `logits/semantic/{weights,biases}`; its ImageNet
+backbone checkpoints (ResNet v1 beta, Xception-65) only the backbone's
+(`load_into(..., backbone_only=True)`). Reading them needs
 TensorFlow (installed with this project's requirements; a clear message
 otherwise).
 """
@@ -65,6 +67,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
           for name in reader.get_variable_to_shape_map()}
 
 
+def variable_shapes(path: str | os.PathLike) -> dict[str, list[int]]:
+  """{variable name: shape} of a TF checkpoint, without reading values."""
+  tf = _tensorflow()
+  return dict(tf.train.load_checkpoint(
+      checkpoint_prefix(path)).get_variable_to_shape_map())
+
+
 def _file_scopes(variables: dict[str, np.ndarray]) -> set[str]:
   scopes = set()
   for name in variables:
@@ -75,9 +84,21 @@ def _file_scopes(variables: dict[str, np.ndarray]) -> set[str]:
 
 
 def load_into(model: DeepLab, variables: dict[str, np.ndarray],
-              source: str) -> None:
-  """Copies checkpoint variables (BatchNorm unfolded) into `model`."""
-  scopes = model.tf_scopes()
+              source: str, *, backbone_only: bool = False) -> list[str]:
+  """Copies checkpoint variables (BatchNorm unfolded) into `model`.
+
+  Args:
+    model: the DeepLab model (its `tf_scopes()` name every layer).
+    variables: {TF variable name: array}, e.g. from `read_checkpoint`.
+    source: the file's name, for messages.
+    backbone_only: load only the backbone's layers (an ImageNet checkpoint
+      of the backbone, which has no head, decoder or classifier).
+
+  Returns:
+    The names of the variables used (the rest were not: optimizer slots,
+    `global_step`, layers this model does not have).
+  """
+  scopes = model.backbone.tf_scopes() if backbone_only else model.tf_scopes()
   file_scopes = _file_scopes(variables)
   # Checkpoints may carry layers DeepLab does not use (e.g. MobilenetV2's
   # 1280-channel Conv_1): only what the model lacks is an error.
@@ -85,23 +106,31 @@ def load_into(model: DeepLab, variables: dict[str, np.ndarray],
   unused = sorted(file_scopes - set(scopes))
   if unused:
     logging.info('%s: not used by this model: %s', source, ', '.join(unused))
+  used = []
+
+  def take(name):
+    used.append(name)
+    return variables[name]
+
   for scope, target in scopes.items():
     if isinstance(target, ConvBN):
       if f'{scope}/depthwise_weights' in variables:
-        kernel = variables[f'{scope}/depthwise_weights']
+        kernel = take(f'{scope}/depthwise_weights')
         kh, kw, c, m = kernel.shape
         kernel = kernel.reshape(kh, kw, 1, c * m)
       else:
-        kernel = variables[f'{scope}/weights']
+        kernel = take(f'{scope}/weights')
       assign(target.conv.kernel, kernel, f'{scope}/weights')
       bn = f'{scope}/BatchNorm'
       if f'{bn}/moving_mean' not in variables:
         raise WeightImportError(f'{source} has no {bn}/moving_mean.')
-      set_batch_norm(target.bn, bn, gamma=variables.get(f'{bn}/gamma'),
-                     beta=variables[f'{bn}/beta'],
-                     mean=variables[f'{bn}/moving_mean'],
-                     var=variables[f'{bn}/moving_variance'])
+      set_batch_norm(
+          target.bn, bn,
+          gamma=take(f'{bn}/gamma') if f'{bn}/gamma' in variables else None,
+          beta=take(f'{bn}/beta'), mean=take(f'{bn}/moving_mean'),
+          var=take(f'{bn}/moving_variance'))
     else:
-      assign(target.kernel, variables[f'{scope}/weights'], f'{scope}/weights')
+      assign(target.kernel, take(f'{scope}/weights'), f'{scope}/weights')
       if target.bias is not None:
-        assign(target.bias, variables[f'{scope}/biases'], f'{scope}/biases')
+        assign(target.bias, take(f'{scope}/biases'), f'{scope}/biases')
+  return used

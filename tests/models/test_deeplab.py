@@ -9,7 +9,7 @@ from flax import nnx
 from deeplab_jax.models import (create_model, fold_batch_norm, format_summary,
                                 inference_view, parameter_counts,
                                 with_output_stride)
-from tests.conftest import tiny_model_config
+from tests.conftest import REPO, tiny_model_config
 
 
 def _shapes(model_config, output_stride, size):
@@ -125,3 +125,21 @@ def test_folded_batch_norm_matches_the_unfolded_model(head, decoder):
       lambda state, x: fold_batch_norm(nnx.merge(graphdef, state))(x))
   np.testing.assert_allclose(jitted(state, images), expected, rtol=0,
                              atol=1e-5)
+
+
+@pytest.mark.parametrize('config_name,backbone,total', [
+    ('voc_resnet50.py', 23_685_312, 26_891_013),
+    ('voc_resnet101.py', 42_729_664, 45_935_365),
+    ('voc_xception65.py', 38_052_512, 41_258_213),
+])
+def test_backbone_configs_build_with_their_counts(config_name, backbone,
+                                                  total):
+  # The figures of the README's backbone table and --mode=summary.
+  from deeplab_jax.config import load_config_file  # pylint: disable=g-import-not-at-top
+  config = load_config_file(str(REPO / 'configs' / config_name))
+  model = nnx.eval_shape(lambda: create_model(config.model))
+  counts = parameter_counts(model)
+  def size(entry):
+    return entry['params'] + entry['batch_stats']
+  assert size(counts['backbone']) == backbone
+  assert sum(size(c) for c in counts.values()) == total

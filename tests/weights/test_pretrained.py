@@ -201,3 +201,62 @@ def test_fine_tuning_an_official_model_keeps_it(voc_prepared,
   assert miou_before == pytest.approx(0.6067, abs=1e-3)
   # Kept (it may improve: measured 0.6067 -> 0.6951 after 30 steps).
   assert miou_after >= miou_before - 0.02, (miou_before, miou_after)
+
+
+def test_zoo_imagenet_backbone_checkpoint_fills_the_backbone(tmp_path,
+                                                            monkeypatch):
+  """resnet_v1_50_beta_imagenet: the zoo's ImageNet checkpoint (backbone
+  variables and an ImageNet classifier, no DeepLab head) by its registry
+  name, from a local archive in place of the download."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.config import default_config  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.models import backbones, create_model  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.models.layers import ConvBN  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('DEEPLAB_JAX_CACHE', str(tmp_path / 'cache'))
+  config = default_config()
+  config.model.backbone = backbones.backbone_config('resnet_v1')
+  config.model.backbone.stem = 'beta'
+  abstract = nnx.eval_shape(lambda: create_model(config.model))
+  rng = np.random.default_rng(0)
+  variables = {}
+  for scope, conv in abstract.backbone.tf_scopes().items():
+    assert isinstance(conv, ConvBN)
+    variables[f'{scope}/weights'] = rng.normal(
+        0, 0.1, conv.conv.kernel.shape).astype(np.float32)
+    for name in ('gamma', 'beta', 'moving_mean', 'moving_variance'):
+      variables[f'{scope}/BatchNorm/{name}'] = rng.uniform(
+          0.5, 1.5, conv.bn.mean.shape).astype(np.float32)
+  variables['resnet_v1_50/logits/weights'] = np.zeros((1, 1, 2048, 1000),
+                                                      np.float32)
+  folder = tmp_path / 'resnet_v1_50'
+  folder.mkdir()
+  tf.raw_ops.SaveV2(prefix=str(folder / 'model.ckpt'),
+                    tensor_names=list(variables),
+                    shape_and_slices=[''] * len(variables),
+                    tensors=[tf.constant(v) for v in variables.values()])
+  archive = tmp_path / 'resnet_v1_50_2018_05_04.tar.gz'
+  with tarfile.open(archive, 'w:gz', compresslevel=1) as tar:
+    tar.add(folder, arcname=folder.name)
+  name = 'resnet_v1_50_beta_imagenet'
+  monkeypatch.setitem(pretrained.BACKBONE_CHECKPOINTS, name,
+                      dataclasses.replace(pretrained.BACKBONE_CHECKPOINTS[name],
+                                          url=archive.as_uri()))
+
+  weights = pretrained.read_init_weights(name, config)
+  assert all(key[1] == 'backbone' for key in weights)
+  np.testing.assert_array_equal(
+      weights[('params', 'backbone', 'stem', '0', 'conv', 'kernel')],
+      variables['resnet_v1_50/conv1_1/weights'])
+  np.testing.assert_array_equal(
+      weights[('batch_stats', 'backbone', 'blocks', '3', '2', 'conv3', 'bn',
+               'var')],
+      variables['resnet_v1_50/block4/unit_3/bottleneck_v1/conv3/BatchNorm/'
+                'moving_variance'])
+  # 3 stem + 16 x 3 + 4 shortcut ConvBNs: a kernel and 4 BN arrays each.
+  assert len(weights) == (3 + 16 * 3 + 4) * 5
+
+  # A config with another stem gets one message naming what to set.
+  config.model.backbone.stem = '7x7'
+  with pytest.raises(WeightImportError, match="stem='beta'"):
+    pretrained.read_init_weights(name, config)

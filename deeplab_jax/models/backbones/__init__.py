@@ -15,9 +15,13 @@ from deeplab_jax.models.backbones.base import (INCEPTION_PREPROCESSING,
                                                Backbone, ConfigChecks,
                                                Preprocessing)
 from deeplab_jax.models.backbones.mobilenet_v2 import MobileNetV2
+from deeplab_jax.models.backbones.resnet import ResNetV1
+from deeplab_jax.models.backbones.xception import Xception65
 
 BACKBONES: dict[str, type[Backbone]] = {
     MobileNetV2.name: MobileNetV2,
+    ResNetV1.name: ResNetV1,
+    Xception65.name: Xception65,
 }
 
 
@@ -44,6 +48,6 @@ def preprocessing(model_config: Any) -> Preprocessing:
 
 __all__ = [
     'BACKBONES', 'Backbone', 'ConfigChecks', 'INCEPTION_PREPROCESSING',
-    'MobileNetV2', 'Preprocessing', 'backbone_config', 'get_backbone',
-    'preprocessing'
+    'MobileNetV2', 'Preprocessing', 'ResNetV1', 'Xception65',
+    'backbone_config', 'get_backbone', 'preprocessing'
 ]
