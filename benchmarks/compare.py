@@ -13,6 +13,10 @@ input_pipeline.py):
             benchmarks/torch_deeplab.py in PyTorch eager (SGD momentum,
             cross-entropy with ignore_index).
   infer     the same network's forward pass (inference mode), 1xCxC.
+  train_resnet50  the train step of configs/voc_resnet50.py (ResNet-50 v1
+            beta, multi_grid 1/2/4, same head and decoder) against the same
+            network in PyTorch eager (torch_deeplab.ResNetV1Beta); on the
+            GPU by default, on the CPU with --only=train_resnet50.
   tflite    the official float dm0.5 OS8 257 model: ours (the same
             architecture from configs/voc_pretrained.py, its inference path)
             against LiteRT (XNNPACK) on the .tflite file.
@@ -25,7 +29,7 @@ timed steps each, so that the peers alternate and share the machine's
 drift. It prints the median, min-max and the ratio ours/peer of the
 medians, the machine and thread counts.
 
-    --only=train,infer,tflite   --batch_sizes=4,8   --crop=513
+    --only=train,infer,tflite[,train_resnet50]   --batch_sizes=4,8   --crop=513
     --rounds=3 --steps=3        --threads=2          --json=OUT.json
 """
 
@@ -56,12 +60,13 @@ def _pin(threads: int) -> None:
 
 class OursTrain:
 
-  def __init__(self, batch: int, crop: int, dtype: str):
+  def __init__(self, batch: int, crop: int, dtype: str,
+               config_file: str = 'configs/voc.py'):
     import jax
     import numpy as np
     from deeplab_jax import distributed, train
     from deeplab_jax.config import load_config_file
-    config = load_config_file(str(REPO / 'configs/voc.py'))
+    config = load_config_file(str(REPO / config_file))
     config.train.batch_size = batch
     config.data.crop_size = crop
     config.model.dtype = dtype
@@ -143,7 +148,9 @@ class TorchWorker:
     torch.backends.cudnn.benchmark = True
     self.torch = torch
     self.device = torch.device('cuda' if device == 'gpu' else 'cpu')
-    model = DeepLabV3Plus().to(self.device)
+    model = DeepLabV3Plus(
+        backbone='resnet50' if task == 'train_resnet50' else 'mobilenet_v2'
+    ).to(self.device)
     memory_format = (torch.channels_last if channels_last
                      else torch.contiguous_format)
     model = model.to(memory_format=memory_format)
@@ -151,7 +158,7 @@ class TorchWorker:
     images = images.contiguous(memory_format=memory_format)
     autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
                 if dtype == 'bfloat16' else _nothing())
-    if task == 'train':
+    if task.startswith('train'):
       labels = torch.randint(0, 21, (batch, crop, crop), device=self.device)
       optimizer = torch.optim.SGD(model.parameters(), lr=0.007, momentum=0.9,
                                   weight_decay=4e-5)
@@ -225,6 +232,9 @@ def worker_main(args) -> None:
                        '"jax[cuda12]".')
     if task == 'train':
       work = OursTrain(args.batch, args.crop, args.dtype)
+    elif task == 'train_resnet50':
+      work = OursTrain(args.batch, args.crop, args.dtype,
+                       'configs/voc_resnet50.py')
     elif task == 'infer':
       work = OursInfer(args.batch, args.crop, args.dtype)
     else:
@@ -308,13 +318,14 @@ def _scenarios(args) -> list[tuple[str, list[tuple[str, list[str]]]]]:
   dtypes = args.dtypes.split(',')
   scenarios = []
   for task in args.only.split(','):
-    if task == 'train':
+    if task in ('train', 'train_resnet50'):
+      network = '' if task == 'train' else ' resnet50'
       for batch in args.batch_sizes.split(','):
         for dtype in dtypes:
           argv = common + ['--batch', batch, '--dtype', dtype]
-          scenarios.append((f'train b{batch} {args.crop} {dtype}', [
-              ('ours', ['--worker', 'ours:train', *argv]),
-              ('torch eager', ['--worker', 'torch:train', *argv])]))
+          scenarios.append((f'train{network} b{batch} {args.crop} {dtype}', [
+              ('ours', ['--worker', f'ours:{task}', *argv]),
+              ('torch eager', ['--worker', f'torch:{task}', *argv])]))
     elif task == 'infer':
       for dtype in dtypes:
         argv = common + ['--batch', str(args.infer_batch), '--dtype', dtype]
@@ -331,7 +342,7 @@ def _scenarios(args) -> list[tuple[str, list[tuple[str, list[str]]]]]:
           ('LiteRT', ['--worker', 'litert:tflite', *argv])]))
     else:
       raise SystemExit(f'--only: unknown task {task!r} (train, infer, '
-                       'tflite)')
+                       'tflite, train_resnet50)')
   return scenarios
 
 
@@ -437,6 +448,8 @@ def main() -> None:
   args.batch_sizes = args.batch_sizes or ('16' if gpu else '4,8')
   args.infer_batch = args.infer_batch or (16 if gpu else 1)
   args.dtypes = args.dtypes or ('float32,bfloat16' if gpu else 'float32')
+  if gpu and args.only == 'train,infer,tflite':
+    args.only += ',train_resnet50'
   results = compare(args)
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
