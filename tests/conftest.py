@@ -71,6 +71,23 @@ def randomize_keras_batch_norm(model, seed, gamma=(0.5, 1.5)):
   return model
 
 
+def backbone_with_weights(model_config, weights, output_stride=32):
+  """The backbone of create_model(model_config) holding `weights` (a
+  {('params'|'batch_stats', 'backbone', ...): array} dict, e.g. from
+  keras.imagenet_backbone_weights), in inference mode; asserts that every
+  array of `weights` was loaded."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.checkpoints import copy_matching  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.models import create_model  # pylint: disable=g-import-not-at-top
+  model = create_model(model_config, output_stride=output_stride)
+  graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  params, stats, report = copy_matching(params, stats, weights,
+                                        scope='backbone')
+  assert report['loaded'] > 0 and not report['skipped']
+  return nnx.view(nnx.merge(graphdef, params, stats).backbone,
+                  use_running_average=True)
+
+
 def random_keras_mobilenet_v2(alpha, size):
   """keras.applications.MobileNetV2 with random weights and non-trivial
   BatchNorm statistics (KERAS_BACKEND=jax)."""

@@ -121,14 +121,18 @@ def keras_resnet(depth: int, weights: str | None = 'imagenet',
       weights='imagenet' if weights == 'imagenet' else None), weights)
 
 
-def load_keras_resnet(backbone: ResNetV1, keras_model: Any) -> None:
-  """Copies a Keras ResNet's weights (and BN statistics) in place into a
-  ResNetV1 built with layout='keras' and the 7x7 stem."""
-  if backbone.layout != 'keras' or backbone.stem_type != '7x7':
+def _check_keras_resnet_layout(layout: str, stem: str) -> None:
+  if layout != 'keras' or stem != '7x7':
     raise WeightImportError(
         "Keras's ResNet subsamples in a block's first unit and has conv "
         "biases: set config.model.backbone.layout='keras' (and stem='7x7') "
         'to load its weights.')
+
+
+def load_keras_resnet(backbone: ResNetV1, keras_model: Any) -> None:
+  """Copies a Keras ResNet's weights (and BN statistics) in place into a
+  ResNetV1 built with layout='keras' and the 7x7 stem."""
+  _check_keras_resnet_layout(backbone.layout, backbone.stem_type)
   weights = _keras_weights(keras_model)
   _load_conv_bn(backbone.stem[0], weights, 'conv1_conv', 'conv1_bn',
                 reverse_input_channels=True)
@@ -159,6 +163,7 @@ def imagenet_backbone_weights(model_config: Any, weights: str = 'imagenet'
   name = model_config.backbone.name
   if name == ResNetV1.name:
     b = model_config.backbone
+    _check_keras_resnet_layout(b.layout, b.stem)
     backbone = ResNetV1(depth=b.depth, stem=b.stem, layout=b.layout,
                         output_stride=32, rngs=nnx.Rngs(0))
     load_keras_resnet(backbone, keras_resnet(b.depth, weights=weights))

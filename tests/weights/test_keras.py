@@ -6,12 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from deeplab_jax.checkpoints import copy_matching
 from deeplab_jax.config import default_config
 from deeplab_jax.errors import WeightImportError
-from deeplab_jax.models import create_model
 from deeplab_jax.weights import keras as keras_weights
-from tests.conftest import random_keras_mobilenet_v2
+from tests.conftest import backbone_with_weights, random_keras_mobilenet_v2
 
 SIZE = 97  # Odd: TF 'SAME' pads (1, 1) at every stride-2 layer here.
 
@@ -29,13 +27,7 @@ def test_imagenet_mapping_reproduces_keras_features(alpha, tmp_path):
   config.backbone.bn_epsilon = 1e-3  # Keras's.
   weights = keras_weights.imagenet_backbone_weights(
       config, weights=str(weights_file))
-  model = create_model(config, output_stride=32)
-  graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-  params, stats, report = copy_matching(params, stats, weights,
-                                        scope='backbone')
-  assert report['loaded'] > 0 and not report['skipped']
-  backbone = nnx.view(nnx.merge(graphdef, params, stats).backbone,
-                      use_running_average=True)
+  backbone = backbone_with_weights(config, weights)
 
   probe = keras.Model(keras_model.input, [
       keras_model.get_layer('block_16_project_BN').output,

@@ -156,6 +156,24 @@ def atrous_schedule(strides: Sequence[int],
   return schedule
 
 
+def validate_batch_norm(backbone_config: Any, key: str,
+                        check: ConfigChecks) -> None:
+  """The `bn_momentum` and `bn_epsilon` keys every backbone has."""
+  check.number_in(f'{key}.bn_momentum', backbone_config.bn_momentum, 0.0,
+                  1.0)
+  check.number_in(f'{key}.bn_epsilon', backbone_config.bn_epsilon, 0.0, 1.0,
+                  lo_open=True)
+
+
+def validate_multi_grid(multi_grid: Any, key: str,
+                        check: ConfigChecks) -> None:
+  """Three positive unit rates (the reference's `multi_grid`)."""
+  if len(tuple(multi_grid)) != 3:
+    check.one_of(key, multi_grid, ('three positive rates, e.g. (1, 2, 4)',))
+  for i, rate in enumerate(multi_grid):
+    check.positive_int(f'{key}[{i}]', rate)
+
+
 def layer_options(backbone_config: Any, *, dtype: Any,
                   depthwise_impl: str) -> LayerOptions:
   """LayerOptions from a backbone config's bn_momentum / bn_epsilon."""

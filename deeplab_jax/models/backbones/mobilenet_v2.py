@@ -22,7 +22,8 @@ from flax import nnx
 from deeplab_jax.models.backbones.base import (INCEPTION_PREPROCESSING,
                                                Backbone, ConfigChecks,
                                                Preprocessing, atrous_schedule,
-                                               layer_options)
+                                               layer_options,
+                                               validate_batch_norm)
 from deeplab_jax.models.layers import ConvBN, LayerOptions
 
 Array = jax.Array
@@ -184,9 +185,7 @@ class MobileNetV2(Backbone):
                     float('inf'), lo_open=True)
     check.one_of(f'{key}.channel_rounding', b.channel_rounding,
                  CHANNEL_ROUNDINGS)
-    check.number_in(f'{key}.bn_momentum', b.bn_momentum, 0.0, 1.0)
-    check.number_in(f'{key}.bn_epsilon', b.bn_epsilon, 0.0, 1.0,
-                    lo_open=True)
+    validate_batch_norm(b, key, check)
 
   @classmethod
   def from_config(cls, backbone_config: Any, *, output_stride: int,

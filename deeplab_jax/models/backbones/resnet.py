@@ -37,7 +37,9 @@ from jax import lax
 from deeplab_jax.models.backbones.base import (INCEPTION_PREPROCESSING,
                                                Backbone, ConfigChecks,
                                                Preprocessing, atrous_schedule,
-                                               layer_options)
+                                               layer_options,
+                                               validate_batch_norm,
+                                               validate_multi_grid)
 from deeplab_jax.models.layers import ConvBN, LayerOptions, tf_same_padding
 
 Array = jax.Array
@@ -171,15 +173,8 @@ class ResNetV1(Backbone):
     check.one_of(f'{key}.layout', b.layout, LAYOUTS)
     if b.layout == 'keras' and b.stem != '7x7':
       check.one_of(f'{key}.stem', b.stem, ('7x7',))  # Keras has no beta stem.
-    grid = tuple(b.multi_grid)
-    if len(grid) != 3:
-      check.one_of(f'{key}.multi_grid', b.multi_grid,
-                   ('three positive rates, e.g. (1, 2, 4)',))
-    for i, rate in enumerate(grid):
-      check.positive_int(f'{key}.multi_grid[{i}]', rate)
-    check.number_in(f'{key}.bn_momentum', b.bn_momentum, 0.0, 1.0)
-    check.number_in(f'{key}.bn_epsilon', b.bn_epsilon, 0.0, 1.0,
-                    lo_open=True)
+    validate_multi_grid(b.multi_grid, f'{key}.multi_grid', check)
+    validate_batch_norm(b, key, check)
 
   @classmethod
   def from_config(cls, backbone_config: Any, *, output_stride: int,

@@ -33,7 +33,9 @@ from flax import nnx
 from deeplab_jax.models.backbones.base import (INCEPTION_PREPROCESSING,
                                                Backbone, ConfigChecks,
                                                Preprocessing, atrous_schedule,
-                                               layer_options)
+                                               layer_options,
+                                               validate_batch_norm,
+                                               validate_multi_grid)
 from deeplab_jax.models.layers import ConvBN, LayerOptions
 
 Array = jax.Array
@@ -172,15 +174,8 @@ class Xception65(Backbone):
   def validate_config(cls, backbone_config: Any, key: str,
                       check: ConfigChecks) -> None:
     b = backbone_config
-    grid = tuple(b.multi_grid)
-    if len(grid) != 3:
-      check.one_of(f'{key}.multi_grid', b.multi_grid,
-                   ('three positive rates, e.g. (1, 1, 1)',))
-    for i, rate in enumerate(grid):
-      check.positive_int(f'{key}.multi_grid[{i}]', rate)
-    check.number_in(f'{key}.bn_momentum', b.bn_momentum, 0.0, 1.0)
-    check.number_in(f'{key}.bn_epsilon', b.bn_epsilon, 0.0, 1.0,
-                    lo_open=True)
+    validate_multi_grid(b.multi_grid, f'{key}.multi_grid', check)
+    validate_batch_norm(b, key, check)
 
   @classmethod
   def from_config(cls, backbone_config: Any, *, output_stride: int,

@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from deeplab_jax.checkpoints import copy_matching
 from deeplab_jax.config import default_config, validate_config
 from deeplab_jax.errors import ConfigError, WeightImportError
-from deeplab_jax.models import backbones, create_model
+from deeplab_jax.models import backbones
 from deeplab_jax.models.backbones.resnet import ResNetV1, resnet_layout
 from deeplab_jax.weights import keras as keras_weights
-from tests.conftest import randomize_keras_batch_norm
+from tests.conftest import backbone_with_weights, randomize_keras_batch_norm
 
 # Keras ResNet50 without its top: 23,534,592 trainable + 53,120 BN statistics.
 KERAS_RESNET50_PARAMETERS = 23_587_712
@@ -50,13 +49,7 @@ def test_keras_layout_reproduces_keras_resnet(depth, size, tmp_path):
   config = _resnet_config(depth, layout='keras', multi_grid=(1, 1, 1))
   weights = keras_weights.imagenet_backbone_weights(
       config, weights=str(weights_file))
-  model = create_model(config, output_stride=32)
-  graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-  params, stats, report = copy_matching(params, stats, weights,
-                                        scope='backbone')
-  assert report['loaded'] > 0 and not report['skipped']
-  backbone = nnx.view(nnx.merge(graphdef, params, stats).backbone,
-                      use_running_average=True)
+  backbone = backbone_with_weights(config, weights)
   if depth == 50:
     assert _count(backbone) == KERAS_RESNET50_PARAMETERS
   assert _count(backbone) == keras_model.count_params()
