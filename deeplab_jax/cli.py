@@ -14,7 +14,7 @@ import ml_collections
 from absl import logging
 from flax import nnx
 
-from deeplab_jax import checkpoints, evaluate, predict, train
+from deeplab_jax import checkpoints, evaluate, export, predict, train
 from deeplab_jax.config import default_config, validate_config
 from deeplab_jax.data import datasets, pipeline
 from deeplab_jax.errors import CheckpointError, ConfigError
@@ -170,7 +170,7 @@ def diagnose_override(argv: Sequence[str]) -> str | None:
 
 def run(config: Any, *, mode: str, workdir: str | None = None,
         images: str | None = None, output: str | None = None,
-        follow: bool = False) -> Any:
+        follow: bool = False, export_format: str = 'tflite') -> Any:
   validate_config(config)
   if config.model.num_classes == 0 and mode != 'prepare':
     datasets.resolve_num_classes(config)  # 0: the dataset's.
@@ -229,4 +229,19 @@ def run(config: Any, *, mode: str, workdir: str | None = None,
           + (f'; skipped {len(summary["skipped"])}' if summary['skipped']
              else ''))
     return summary
+  if mode == 'export':
+    _, suffix = export.get_exporter(export_format)  # Before the model.
+    name = f'model_os{config.eval.output_stride}{suffix}'
+    output = output or os.path.join(workdir or '.', 'export', name)
+    if os.path.exists(output):
+      raise ConfigError(f'{output} exists: pass another --output, or delete '
+                        'it first (exports never overwrite).')
+    ensure_writable(os.path.dirname(os.path.abspath(output)), '--output')
+    model, _ = inference_model(config, workdir)
+    start = time.time()
+    export.export(model, config, export_format, output)
+    print(f'Exported {export_format} to {output} '
+          f'({os.path.getsize(output) / 2**20:.1f} MiB, '
+          f'{time.time() - start:.1f} s).', flush=True)
+    return output
   raise ConfigError(f'Unknown --mode={mode}.')

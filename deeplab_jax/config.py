@@ -193,6 +193,16 @@ def default_config() -> ml_collections.ConfigDict:
   e.max_image_pixels = 89_478_485
   # --follow stops after this many seconds without a new checkpoint.
   e.follow_timeout = 3600.0
+
+  # --------------------------------------------------------------- export
+  # --mode=export --export_format=tflite|stablehlo (deeplab_jax/export/).
+  c.export = ml_collections.ConfigDict()
+  x = c.export
+  x.input_size = 0  # Fixed H = W of the exported input; 0: eval.crop_size.
+  # True: the file takes uint8 RGB and normalises inside (as the official
+  # mobile exports); False: float32 normalised like the model's input.
+  x.include_preprocessing = False
+  x.output = 'logits'  # logits | probabilities | argmax
   return c
 
 
@@ -377,6 +387,8 @@ RULES: tuple[tuple[str, Check], ...] = (
     ('eval.max_images', _optional(_int())),
     ('eval.max_image_pixels', _int()),
     ('eval.follow_timeout', _number(0.0, 1e9)),
+    ('export.input_size', _int(0)),
+    ('export.output', _choice(('logits', 'probabilities', 'argmax'))),
 )
 
 

@@ -3,6 +3,7 @@
     python main.py --config=configs/voc.py --workdir=runs/voc
     python main.py --config=configs/voc.py --workdir=runs/voc --mode=eval
     python main.py --config=configs/voc.py --workdir=runs/voc --mode=predict --images=DIR
+    python main.py --config=configs/voc.py --workdir=runs/voc --mode=export --export_format=tflite
     deeplab-jax --config=voc --mode=summary     # installed: a config by name
 
 `--config` takes a config file's path or the name of a shipped config
@@ -37,9 +38,14 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string('workdir', None,
                     'Directory for checkpoints, metrics and results.')
 flags.DEFINE_enum('mode', 'train',
-                  ['train', 'eval', 'predict', 'summary', 'prepare'],
+                  ['train', 'eval', 'predict', 'summary', 'prepare',
+                   'export'],
                   'train (resumes from --workdir), eval, predict, summary '
-                  '(parameter counts), prepare (build the dataset only).')
+                  '(parameter counts), prepare (build the dataset only), '
+                  'export (a deployable file, --export_format).')
+flags.DEFINE_string('export_format', 'tflite',
+                    'export: tflite (float32, LiteRT) or stablehlo '
+                    '(jax.export).')
 flags.DEFINE_string('images', None, 'Folder of images to segment (predict).')
 flags.DEFINE_string('output', None,
                     'Where predict writes (default <workdir>/predictions).')
@@ -65,7 +71,8 @@ def run(argv) -> None:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id)
   cli.run(FLAGS.config, mode=FLAGS.mode, workdir=FLAGS.workdir,
-          images=FLAGS.images, output=FLAGS.output, follow=FLAGS.follow)
+          images=FLAGS.images, output=FLAGS.output, follow=FLAGS.follow,
+          export_format=FLAGS.export_format)
 
 
 def _fail(message: str) -> None:

@@ -24,8 +24,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import threading
 from collections.abc import Callable, Sequence
 
 import jax
@@ -176,6 +178,28 @@ def _shifted_bwd(strides, rates, padding, residuals, g):
 shifted_depthwise_conv.defvjp(_shifted_fwd, _shifted_bwd)
 
 
+# Set by `native_ops()`: trace with XLA's own convolutions everywhere, for
+# exported files that run on other runtimes (TFLite, ONNX, GPUs).
+_NATIVE_ONLY = threading.local()
+
+
+@contextlib.contextmanager
+def native_ops():
+  """Within it, convolutions trace to plain `lax.conv_general_dilated` (no
+  CPU rewrites: shifted depthwise sums, 1x1 dots, dense_conv)."""
+  previous = getattr(_NATIVE_ONLY, 'value', False)
+  _NATIVE_ONLY.value = True
+  try:
+    yield
+  finally:
+    _NATIVE_ONLY.value = previous
+
+
+def _cpu_rewrites() -> bool:
+  return (jax.default_backend() == 'cpu' and
+          not getattr(_NATIVE_ONLY, 'value', False))
+
+
 def _is_nhwc(dimension_numbers) -> bool:
   return (dimension_numbers is not None and
           tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2) and
@@ -194,6 +218,12 @@ def _shifted_conv_general_dilated(lhs, rhs, window_strides, padding,
   to the native op unchanged.
   """
   channels = lhs.shape[-1]
+  if getattr(_NATIVE_ONLY, 'value', False):
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count, precision=precision,
+        **kwargs)
   if not isinstance(padding, str):  # Explicit pairs: hashable for the VJP.
     padding = tuple(tuple(int(v) for v in p) for p in padding)
   if (feature_group_count > 1 and feature_group_count == channels and
@@ -213,7 +243,7 @@ def _shifted_conv_general_dilated(lhs, rhs, window_strides, padding,
 
 def _auto_conv_general_dilated(*args, **kwargs):
   """Shifted-sum depthwise on CPU, native everywhere else (trace time)."""
-  if jax.default_backend() == 'cpu':
+  if _cpu_rewrites():
     return _shifted_conv_general_dilated(*args, **kwargs)
   return lax.conv_general_dilated(*args, **kwargs)
 
@@ -234,7 +264,7 @@ def _pointwise_conv_general_dilated(lhs, rhs, window_strides, padding,
   """
   if kwargs.get('out_sharding', 0) is None:  # nnx.Conv always passes it.
     del kwargs['out_sharding']
-  if (jax.default_backend() == 'cpu' and rhs.shape[:2] == (1, 1) and
+  if (_cpu_rewrites() and rhs.shape[:2] == (1, 1) and
       feature_group_count == 1 and _is_nhwc(dimension_numbers) and
       tuple(window_strides) == (1, 1) and
       all(d == 1 for d in (lhs_dilation or (1, 1))) and
@@ -243,7 +273,7 @@ def _pointwise_conv_general_dilated(lhs, rhs, window_strides, padding,
     return lax.dot_general(
         lhs, rhs[0, 0], (((lhs.ndim - 1,), (0,)), ((), ())),
         precision=precision, preferred_element_type=preferred_element_type)
-  if (jax.default_backend() == 'cpu' and rhs.shape[:2] != (1, 1) and
+  if (_cpu_rewrites() and rhs.shape[:2] != (1, 1) and
       feature_group_count == 1 and _is_nhwc(dimension_numbers) and
       all(d == 1 for d in (lhs_dilation or (1, 1))) and
       precision is None and preferred_element_type is None and not kwargs):

@@ -66,6 +66,13 @@ class Preprocessing:
               np.asarray(self.scale, np.float64)).astype(np.float32)
     return np.asarray(image, np.float32) * inverse - offset
 
+  def normalize_jax(self, image: jax.Array) -> jax.Array:
+    """`normalize` inside a traced function (exports that take uint8)."""
+    inverse = (1.0 / np.asarray(self.scale, np.float64)).astype(np.float32)
+    offset = (np.asarray(self.mean, np.float64) /
+              np.asarray(self.scale, np.float64)).astype(np.float32)
+    return image.astype(np.float32) * inverse - offset
+
   def denormalize(self, image: np.ndarray) -> np.ndarray:
     """The inverse of `normalize`, as uint8 (rounded, clipped)."""
     pixels = (np.asarray(image, np.float32) * np.asarray(self.scale, np.float32)

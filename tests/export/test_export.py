@@ -1,0 +1,90 @@
+"""Exports of the imported official float dm0.5 model, run by their own
+runtimes (LiteRT, jax.export) on a real photo, against the Flax model and
+the official file."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deeplab_jax import cli, export
+from deeplab_jax.errors import ConfigError
+from deeplab_jax.models import inference_view
+from deeplab_jax.weights import pretrained
+
+FLOAT = 'deeplabv3_257_mv_gpu.tflite'
+
+
+def _litert(path, image):
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  interpreter = Interpreter(model_path=str(path), num_threads=2)
+  interpreter.allocate_tensors()
+  interpreter.set_tensor(interpreter.get_input_details()[0]['index'], image)
+  interpreter.invoke()
+  return interpreter.get_tensor(interpreter.get_output_details()[0]['index'])
+
+
+@pytest.fixture(scope='module')
+def official(shared_models_dir):
+  config = pretrained.config_for('mnv2_dm05_pascal_float_257')
+  path = shared_models_dir / FLOAT
+  config.train.init_from = str(path)
+  model = pretrained.load_model_file(str(path), config)
+  testdata = shared_models_dir / 'testdata'
+  pixels = np.asarray(Image.open(testdata / 'bird_257.png').convert('RGB'))
+  images = (pixels[None].astype(np.float32) / 127.5 - 1).astype(np.float32)
+  logits = np.asarray(inference_view(model)(images))
+  return config, model, path, pixels, images, logits
+
+
+def test_tflite_export_under_litert_gives_flax_and_official_logits(
+    official, tmp_path):
+  config, model, official_path, _, images, logits = official
+  path = export.export(model, config, 'tflite', str(tmp_path / 'm.tflite'))
+  ours = _litert(path, images)
+  assert ours.shape == logits.shape == (1, 257, 257, 21)
+  assert np.abs(logits).max() > 1.0  # Not a degenerate comparison.
+  np.testing.assert_allclose(ours, logits, atol=1e-4)
+  assert (ours.argmax(-1) == logits.argmax(-1)).all()
+  # Round trip: official file -> import -> export equals the official file.
+  np.testing.assert_allclose(ours, _litert(official_path, images), atol=1e-4)
+
+
+def test_stablehlo_export_reloads_without_the_model_code(official, tmp_path):
+  config, model, _, _, images, logits = official
+  path = export.export(model, config, 'stablehlo',
+                       str(tmp_path / 'm.stablehlo'))
+  import jax  # pylint: disable=g-import-not-at-top
+  with open(path, 'rb') as f:  # What the README's loader does.
+    call = jax.export.deserialize(bytearray(f.read())).call
+  ours = np.asarray(call(images))
+  np.testing.assert_allclose(ours, logits, atol=1e-4)
+  assert (ours.argmax(-1) == logits.argmax(-1)).all()
+  # The batch is symbolic.
+  assert np.asarray(call(np.repeat(images, 2, 0))).shape == (2, 257, 257, 21)
+
+
+def test_uint8_input_and_argmax_output(official, tmp_path):
+  config, model, _, pixels, _, logits = official
+  config = config.copy_and_resolve_references()
+  config.export.include_preprocessing = True
+  config.export.output = 'argmax'
+  path = export.export(model, config, 'tflite', str(tmp_path / 'a.tflite'))
+  classes = _litert(path, pixels[None].astype(np.uint8))
+  assert classes.shape == (1, 257, 257)
+  # x / 127.5 - 1 inside the graph: the same classes as the float input.
+  assert (classes == logits.argmax(-1)).mean() > 0.9999
+
+
+def test_export_mode_writes_once_and_names_bad_formats(official, tmp_path,
+                                                       capsys):
+  config = official[0]
+  out = cli.run(config, mode='export', workdir=str(tmp_path),
+                export_format='stablehlo')
+  assert out == str(tmp_path / 'export' / 'model_os8.stablehlo')
+  assert 'Exported stablehlo' in capsys.readouterr().out
+  with pytest.raises(ConfigError, match='exists.*never overwrite'):
+    cli.run(config, mode='export', workdir=str(tmp_path),
+            export_format='stablehlo')
+  with pytest.raises(ConfigError, match="'onnx' is not a format.*tflite"):
+    cli.run(config, mode='export', workdir=str(tmp_path),
+            export_format='onnx')
