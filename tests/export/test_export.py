@@ -63,6 +63,17 @@ def test_stablehlo_export_reloads_without_the_model_code(official, tmp_path):
   assert np.asarray(call(np.repeat(images, 2, 0))).shape == (2, 257, 257, 21)
 
 
+def test_saved_model_serves_the_flax_logits(official, tmp_path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  config, model, _, _, images, logits = official
+  path = export.export(model, config, 'saved_model',
+                       str(tmp_path / 'saved_model'))
+  serve = tf.saved_model.load(path).signatures['serving_default']
+  ours = serve(images=tf.constant(np.repeat(images, 2, 0)))['outputs']
+  assert ours.shape == (2, 257, 257, 21)  # A dynamic batch.
+  np.testing.assert_allclose(ours.numpy()[:1], logits, atol=1e-4)
+
+
 def test_uint8_input_and_argmax_output(official, tmp_path):
   config, model, _, pixels, _, logits = official
   config = config.copy_and_resolve_references()
@@ -85,6 +96,6 @@ def test_export_mode_writes_once_and_names_bad_formats(official, tmp_path,
   with pytest.raises(ConfigError, match='exists.*never overwrite'):
     cli.run(config, mode='export', workdir=str(tmp_path),
             export_format='stablehlo')
-  with pytest.raises(ConfigError, match="'onnx' is not a format.*tflite"):
+  with pytest.raises(ConfigError, match="'onnx' is not a format.*tflite, stablehlo, saved_model"):
     cli.run(config, mode='export', workdir=str(tmp_path),
             export_format='onnx')
