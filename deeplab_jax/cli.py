@@ -210,7 +210,12 @@ def run(config: Any, *, mode: str, workdir: str | None = None,
       ensure_writable(os.path.join(workdir, 'eval'), '--workdir')
     if follow:
       return evaluate.follow(config, workdir)
-    model, step = inference_model(config, workdir)
+    if config.eval.runtime != 'jax':  # An exported file: no model.
+      model, step = None, None
+      print(f'Evaluating {config.eval.model_file} under '
+            f'{config.eval.runtime}.', flush=True)
+    else:
+      model, step = inference_model(config, workdir)
     summary = evaluate.evaluate(config, model, workdir=workdir, step=step)
     print(f'mIoU {summary["miou"]:.4f}, pixel accuracy '
           f'{summary["pixel_accuracy"]:.4f} on {summary["images"]} images '

@@ -193,6 +193,11 @@ def default_config() -> ml_collections.ConfigDict:
   e.max_image_pixels = 89_478_485
   # --follow stops after this many seconds without a new checkpoint.
   e.follow_timeout = 3600.0
+  # 'jax' evaluates the Flax model; 'litert' (a .tflite) or 'stablehlo'
+  # evaluates eval.model_file, an exported file, with the same pipeline
+  # and metrics (one scale, no flips; the export's settings in config.export).
+  e.runtime = 'jax'
+  e.model_file = config_dict.placeholder(str)
 
   # --------------------------------------------------------------- export
   # --mode=export --export_format=tflite|stablehlo (deeplab_jax/export/).
@@ -203,6 +208,8 @@ def default_config() -> ml_collections.ConfigDict:
   # mobile exports); False: float32 normalised like the model's input.
   x.include_preprocessing = False
   x.output = 'logits'  # logits | probabilities | argmax
+  # tflite_int8: eval-pipeline images of config.data that calibrate it.
+  x.calibration_images = 100
   return c
 
 
@@ -387,7 +394,9 @@ RULES: tuple[tuple[str, Check], ...] = (
     ('eval.max_images', _optional(_int())),
     ('eval.max_image_pixels', _int()),
     ('eval.follow_timeout', _number(0.0, 1e9)),
+    ('eval.runtime', _choice(('jax', 'litert', 'stablehlo'))),
     ('export.input_size', _int(0)),
+    ('export.calibration_images', _int()),
     ('export.output', _choice(('logits', 'probabilities', 'argmax'))),
 )
 

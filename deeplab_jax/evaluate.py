@@ -135,6 +135,18 @@ class Evaluator:
     # `eval.resize_to_crop`, scored on the host at the original size.
     self._step = jax.jit(step, in_shardings=(None, data, data))
     self._probabilities = jax.jit(probabilities, in_shardings=(None, data))
+    if config.eval.runtime != 'jax':  # An exported file, on the host.
+      from deeplab_jax.export import runtimes  # pylint: disable=import-outside-toplevel
+      run = runtimes.make_runtime(config)
+      self._probabilities = lambda states, images: run(images)
+
+      def host_step(states, images, labels):
+        del states
+        predictions = np.argmax(run(images), axis=-1).astype(np.uint8)
+        return predictions, metrics.confusion_matrix_numpy(
+            predictions, labels, num_classes, ignore_label)
+
+      self._step = host_step
 
   @functools.cached_property
   def graphdef(self) -> nnx.GraphDef:
@@ -150,6 +162,8 @@ class Evaluator:
 
   def _states(self, weights: Any) -> tuple[Any, ...]:
     """Replicated weight states from a model or a tuple of nnx.States."""
+    if weights is None:  # eval.runtime: the exported file has them.
+      return ()
     states = ((nnx.state(weights),) if isinstance(weights, nnx.Module)
               else tuple(weights))
     return jax.device_put(states, self._replicated)

@@ -52,7 +52,8 @@ def test_every_scalar_key_has_a_validation_rule():
                'train.freeze_batch_norm', 'train.init_from',
                'data.folder', 'train.freeze_backbone',
                'eval.resize_to_crop', 'eval.flip',
-               'export.include_preprocessing'}  # Booleans and paths.
+               'export.include_preprocessing',
+               'eval.model_file'}  # Booleans and paths.
   missing = set(_leaf_keys(default_config())) - ruled - unchecked
   assert not missing, missing
 

@@ -21,6 +21,7 @@ from deeplab_jax.export.serving import serving_function
 EXPORT_FORMATS: dict[str, tuple[Callable[..., str], str]] = {
     # name: (export function, file suffix)
     'tflite': (tflite.export, '.tflite'),
+    'tflite_int8': (tflite.export_int8, '_int8.tflite'),
     'stablehlo': (stablehlo.export, '.stablehlo'),
     'saved_model': (saved_model.export, '_saved_model'),  # A folder.
 }

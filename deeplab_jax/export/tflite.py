@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
+
 from deeplab_jax.errors import MissingDependencyError
 from deeplab_jax.export import serving
 
@@ -27,7 +29,7 @@ def _tensorflow():
   return tf
 
 
-def export(model: Any, config: Any, path: str) -> str:
+def _converter(model: Any, config: Any):
   tf = _tensorflow()
   from jax.experimental import jax2tf  # pylint: disable=import-outside-toplevel
   fn, dtype = serving.serving_function(model, config)
@@ -37,10 +39,51 @@ def export(model: Any, config: Any, path: str) -> str:
       jax2tf.convert(fn, with_gradient=False), autograph=False,
       input_signature=[tf.TensorSpec((1, height, width, 3), tf_dtype,
                                      name='images')])
-  converter = tf.lite.TFLiteConverter.from_concrete_functions(
+  return tf, tf.lite.TFLiteConverter.from_concrete_functions(
       [tf_fn.get_concrete_function()], tf_fn)
-  flatbuffer = converter.convert()
+
+
+def _write(flatbuffer: bytes, path: str) -> str:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, 'wb') as f:
     f.write(flatbuffer)
   return path
+
+
+def export(model: Any, config: Any, path: str) -> str:
+  """Float32 TFLite."""
+  _, converter = _converter(model, config)
+  return _write(converter.convert(), path)
+
+
+def calibration_images(config: Any) -> list[np.ndarray]:
+  """`export.calibration_images` uint8 [1, H, W, 3] images of the eval
+  pipeline (resized to the export's input, as evaluation feeds it)."""
+  from deeplab_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from deeplab_jax.models import backbones  # pylint: disable=import-outside-toplevel
+  c = config.copy_and_resolve_references()
+  c.eval.resize_to_crop = True
+  c.eval.crop_size = serving.input_size(config)[0]
+  preprocessing = backbones.preprocessing(c.model)
+  images = []
+  for example in pipeline.eval_loader(c):
+    images.append(preprocessing.denormalize(example['image'])[None])
+    if len(images) >= config.export.calibration_images:
+      break
+  return images
+
+
+def export_int8(model: Any, config: Any, path: str) -> str:
+  """Full-integer TFLite: int8 weights and activations, calibrated on
+  `calibration_images`; uint8 RGB in (normalisation inside), float32
+  logits out (dequantised at the output), so that a runtime reads it like
+  the float file."""
+  config = config.copy_and_resolve_references()
+  config.export.include_preprocessing = True
+  images = calibration_images(config)
+  tf, converter = _converter(model, config)
+  converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  converter.representative_dataset = lambda: ([x] for x in images)
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+  converter.inference_output_type = tf.float32
+  return _write(converter.convert(), path)

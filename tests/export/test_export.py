@@ -2,6 +2,8 @@
 runtimes (LiteRT, jax.export) on a real photo, against the Flax model and
 the official file."""
 
+import pathlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -96,6 +98,53 @@ def test_export_mode_writes_once_and_names_bad_formats(official, tmp_path,
   with pytest.raises(ConfigError, match='exists.*never overwrite'):
     cli.run(config, mode='export', workdir=str(tmp_path),
             export_format='stablehlo')
-  with pytest.raises(ConfigError, match="'onnx' is not a format.*tflite, stablehlo, saved_model"):
+  with pytest.raises(ConfigError, match="'onnx' is not a format.*tflite, tflite_int8, stablehlo, saved_model"):
     cli.run(config, mode='export', workdir=str(tmp_path),
             export_format='onnx')
+
+
+def test_exported_files_are_evaluated_by_the_eval_code(official, voc_prepared,
+                                                       tmp_path, capsys):
+  """The 32 VOC sample images through the eval pipeline: the Flax model,
+  its float TFLite under LiteRT, and its int8 TFLite (calibrated on those
+  images) under LiteRT."""
+  from deeplab_jax import evaluate  # pylint: disable=g-import-not-at-top
+  data_config, _ = voc_prepared
+  config, model = official[0].copy_and_resolve_references(), official[1]
+  config.data.data_dir = data_config.data.data_dir
+  config.data.eval_split = 'train+validation'
+  config.data.num_workers = 0
+  config.eval.num_result_images = 0
+  config.export.calibration_images = 32
+  flax_miou = evaluate.evaluate(config, model, workdir=None)['miou']
+  results = {}
+  for name in ('tflite', 'tflite_int8'):
+    path = export.export(model, config, name, str(tmp_path / f'{name}.tflite'))
+    c = config.copy_and_resolve_references()
+    c.eval.runtime, c.eval.model_file = 'litert', path
+    if name == 'tflite_int8':
+      c.export.include_preprocessing = True
+    summary = evaluate.evaluate(c, None, workdir=None)
+    assert summary['images'] == 32
+    results[name] = (summary['miou'], pathlib.Path(path).stat().st_size)
+  with capsys.disabled():
+    print(f'\nsample mIoU (32 images): Flax {100 * flax_miou:.2f}, float '
+          f'TFLite {100 * results["tflite"][0]:.2f} '
+          f'({results["tflite"][1] / 2**20:.2f} MiB), int8 TFLite '
+          f'{100 * results["tflite_int8"][0]:.2f} '
+          f'({results["tflite_int8"][1] / 2**20:.2f} MiB)')
+  assert abs(results['tflite'][0] - flax_miou) * 100 <= 0.05
+  assert abs(results['tflite_int8'][0] - flax_miou) * 100 <= 1.5
+  assert results['tflite_int8'][1] < results['tflite'][1] / 2
+
+
+def test_eval_runtime_needs_a_file_and_one_scale(official):
+  from deeplab_jax.export import runtimes  # pylint: disable=g-import-not-at-top
+  config = official[0].copy_and_resolve_references()
+  config.eval.runtime = 'litert'
+  with pytest.raises(ConfigError, match='set config.eval.model_file'):
+    runtimes.make_runtime(config)
+  config.eval.model_file = str(official[2])
+  config.eval.scales = (0.5, 1.0)
+  with pytest.raises(ConfigError, match='one scale without flips'):
+    runtimes.make_runtime(config)

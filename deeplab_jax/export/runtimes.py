@@ -1,0 +1,91 @@
+"""Running an exported file where the eval code runs the Flax model:
+`config.eval.runtime` ('litert' | 'stablehlo') with `config.eval.model_file`.
+
+A runtime maps normalised float32 images [N, H, W, 3] (what the eval
+pipeline gives the model) to class probabilities [N, H, W, classes], so
+that evaluation measures an export with the same resize and metrics as the
+model it came from. Files taking uint8 (`export.include_preprocessing`)
+get the pixels back through the backbone's `denormalize`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from deeplab_jax.errors import ConfigError, MissingDependencyError
+from deeplab_jax.models import backbones
+
+RUNTIMES = ('jax', 'litert', 'stablehlo')
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+  shifted = logits - logits.max(axis=-1, keepdims=True)
+  e = np.exp(shifted)
+  return e / e.sum(axis=-1, keepdims=True)
+
+
+def _litert(path: str) -> Callable[[np.ndarray], np.ndarray]:
+  try:
+    from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise MissingDependencyError(
+        'eval.runtime=litert needs LiteRT: pip install ai-edge-litert') from e
+  interpreter = Interpreter(model_path=path, num_threads=os.cpu_count())
+  interpreter.allocate_tensors()
+  source = interpreter.get_input_details()[0]
+  target = interpreter.get_output_details()[0]
+
+  def run(image: np.ndarray) -> np.ndarray:  # One [1, H, W, 3] at a time.
+    if tuple(image.shape) != tuple(source['shape']):
+      raise ConfigError(
+          f'{path} takes {tuple(source["shape"])} images, the eval pipeline '
+          f'gives {tuple(image.shape)}: set config.eval.crop_size to the '
+          "file's input size and config.eval.resize_to_crop=True.")
+    interpreter.set_tensor(source['index'], image.astype(source['dtype']))
+    interpreter.invoke()
+    return interpreter.get_tensor(target['index'])
+
+  return lambda images: np.concatenate([run(x[None]) for x in images])
+
+
+def _stablehlo(path: str) -> Callable[[np.ndarray], np.ndarray]:
+  import jax  # pylint: disable=import-outside-toplevel
+  with open(path, 'rb') as f:
+    exported = jax.export.deserialize(bytearray(f.read()))
+  return lambda images: np.asarray(exported.call(images))
+
+
+def make_runtime(config: Any) -> Callable[[np.ndarray], np.ndarray]:
+  """images -> probabilities for `config.eval.model_file` under
+  `config.eval.runtime` (ConfigError for what cannot work)."""
+  e = config.eval
+  path = e.model_file
+  if not path or not os.path.exists(path):
+    raise ConfigError(
+        f'config.eval.runtime={e.runtime!r} evaluates an exported file: set '
+        f'config.eval.model_file to one (now {path!r}; --mode=export writes '
+        'them).')
+  if tuple(float(s) for s in e.scales) != (1.0,) or e.flip:
+    raise ConfigError(
+        'An exported file is evaluated at one scale without flips: set '
+        'config.eval.scales=1.0 and config.eval.flip=False.')
+  run = _litert(path) if e.runtime == 'litert' else _stablehlo(path)
+  preprocessing = backbones.preprocessing(config.model)
+  include = config.export.include_preprocessing
+  output = config.export.output
+
+  def probabilities(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images, np.float32)
+    if include:
+      images = preprocessing.denormalize(images)
+    out = run(images)
+    if output == 'argmax':
+      raise ConfigError('Evaluating needs scores: export with '
+                        "config.export.output='logits' or 'probabilities'.")
+    return out if output == 'probabilities' else _softmax(out)
+
+  return probabilities
