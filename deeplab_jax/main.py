@@ -45,8 +45,8 @@ flags.DEFINE_enum('mode', 'train',
                   'export (a deployable file, --export_format).')
 flags.DEFINE_string('export_format', 'tflite',
                     'export: tflite (float32, LiteRT), tflite_int8 '
-                    '(full-integer, calibrated), stablehlo (jax.export) or '
-                    'saved_model (TF Serving).')
+                    '(full-integer, calibrated), onnx (onnxruntime), '
+                    'stablehlo (jax.export) or saved_model (TF Serving).')
 flags.DEFINE_string('images', None, 'Folder of images to segment (predict).')
 flags.DEFINE_string('output', None,
                     'Where predict writes (default <workdir>/predictions).')

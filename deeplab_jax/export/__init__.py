@@ -15,13 +15,14 @@ from collections.abc import Callable
 from typing import Any
 
 from deeplab_jax.errors import ConfigError
-from deeplab_jax.export import saved_model, stablehlo, tflite
+from deeplab_jax.export import onnx, saved_model, stablehlo, tflite
 from deeplab_jax.export.serving import serving_function
 
 EXPORT_FORMATS: dict[str, tuple[Callable[..., str], str]] = {
     # name: (export function, file suffix)
     'tflite': (tflite.export, '.tflite'),
     'tflite_int8': (tflite.export_int8, '_int8.tflite'),
+    'onnx': (onnx.export, '.onnx'),
     'stablehlo': (stablehlo.export, '.stablehlo'),
     'saved_model': (saved_model.export, '_saved_model'),  # A folder.
 }

@@ -73,13 +73,20 @@ class _ConcatProjection(nnx.Module):
     self.dropout_on_projection = dropout_on_projection
     self.out_channels = projection_channels
 
+  def _dropout(self, x: Array, rngs: nnx.Rngs | None) -> Array:
+    # In inference mode not even an identity op, so that traced exports
+    # (jax2onnx patches nnx.Dropout's call) see none.
+    if self.dropout.deterministic:
+      return x
+    return self.dropout(x, rngs=rngs)
+
   def _merge(self, branches: list[Array], rngs: nnx.Rngs | None) -> Array:
     x = jnp.concatenate(branches, axis=-1)
     if self.dropout_on_concat:
-      x = self.dropout(x, rngs=rngs)
+      x = self._dropout(x, rngs)
     x = self.concat_projection(x)
     if self.dropout_on_projection:
-      x = self.dropout(x, rngs=rngs)
+      x = self._dropout(x, rngs)
     return x
 
 

@@ -65,6 +65,17 @@ def test_stablehlo_export_reloads_without_the_model_code(official, tmp_path):
   assert np.asarray(call(np.repeat(images, 2, 0))).shape == (2, 257, 257, 21)
 
 
+def test_onnx_export_under_onnxruntime_gives_flax_logits(official, tmp_path):
+  import onnxruntime  # pylint: disable=g-import-not-at-top
+  config, model, _, _, images, logits = official
+  path = export.export(model, config, 'onnx', str(tmp_path / 'm.onnx'))
+  session = onnxruntime.InferenceSession(
+      path, providers=['CPUExecutionProvider'])
+  ours = session.run(None, {session.get_inputs()[0].name: images})[0]
+  np.testing.assert_allclose(ours, logits, atol=1e-4)
+  assert (ours.argmax(-1) == logits.argmax(-1)).all()
+
+
 def test_saved_model_serves_the_flax_logits(official, tmp_path):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   config, model, _, _, images, logits = official
@@ -98,9 +109,10 @@ def test_export_mode_writes_once_and_names_bad_formats(official, tmp_path,
   with pytest.raises(ConfigError, match='exists.*never overwrite'):
     cli.run(config, mode='export', workdir=str(tmp_path),
             export_format='stablehlo')
-  with pytest.raises(ConfigError, match="'onnx' is not a format.*tflite, tflite_int8, stablehlo, saved_model"):
+  with pytest.raises(ConfigError, match="'pt' is not a format.*tflite, "
+                     'tflite_int8, onnx, stablehlo, saved_model'):
     cli.run(config, mode='export', workdir=str(tmp_path),
-            export_format='onnx')
+            export_format='pt')
 
 
 def test_exported_files_are_evaluated_by_the_eval_code(official, voc_prepared,
