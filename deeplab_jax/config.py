@@ -193,8 +193,9 @@ def default_config() -> ml_collections.ConfigDict:
   e.max_image_pixels = 89_478_485
   # --follow stops after this many seconds without a new checkpoint.
   e.follow_timeout = 3600.0
-  # 'jax' evaluates the Flax model; 'litert' (a .tflite) or 'stablehlo'
-  # evaluates eval.model_file, an exported file, with the same pipeline
+  # 'jax' evaluates the Flax model; 'litert' (.tflite), 'onnxruntime'
+  # (.onnx) or 'stablehlo' evaluates eval.model_file, an exported file, with
+  # the same pipeline
   # and metrics (one scale, no flips; the export's settings in config.export).
   e.runtime = 'jax'
   e.model_file = config_dict.placeholder(str)
@@ -394,7 +395,7 @@ RULES: tuple[tuple[str, Check], ...] = (
     ('eval.max_images', _optional(_int())),
     ('eval.max_image_pixels', _int()),
     ('eval.follow_timeout', _number(0.0, 1e9)),
-    ('eval.runtime', _choice(('jax', 'litert', 'stablehlo'))),
+    ('eval.runtime', _choice(('jax', 'litert', 'onnxruntime', 'stablehlo'))),
     ('export.input_size', _int(0)),
     ('export.calibration_images', _int()),
     ('export.output', _choice(('logits', 'probabilities', 'argmax'))),

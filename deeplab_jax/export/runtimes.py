@@ -1,5 +1,6 @@
 """Running an exported file where the eval code runs the Flax model:
-`config.eval.runtime` ('litert' | 'stablehlo') with `config.eval.model_file`.
+`config.eval.runtime` ('litert' | 'onnxruntime' | 'stablehlo') with
+`config.eval.model_file`.
 
 A runtime maps normalised float32 images [N, H, W, 3] (what the eval
 pipeline gives the model) to class probabilities [N, H, W, classes], so
@@ -19,7 +20,7 @@ import numpy as np
 from deeplab_jax.errors import ConfigError, MissingDependencyError
 from deeplab_jax.models import backbones
 
-RUNTIMES = ('jax', 'litert', 'stablehlo')
+RUNTIMES = ('jax', 'litert', 'onnxruntime', 'stablehlo')
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -52,6 +53,20 @@ def _litert(path: str) -> Callable[[np.ndarray], np.ndarray]:
   return lambda images: np.concatenate([run(x[None]) for x in images])
 
 
+def _onnxruntime(path: str) -> Callable[[np.ndarray], np.ndarray]:
+  try:
+    import onnxruntime  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise MissingDependencyError(
+        'eval.runtime=onnxruntime needs it: pip install onnxruntime') from e
+  session = onnxruntime.InferenceSession(
+      path, providers=['CPUExecutionProvider'])
+  name = session.get_inputs()[0].name
+  # The TFLite-derived graph has a fixed batch of 1.
+  return lambda images: np.concatenate(
+      [session.run(None, {name: x[None]})[0] for x in images])
+
+
 def _stablehlo(path: str) -> Callable[[np.ndarray], np.ndarray]:
   import jax  # pylint: disable=import-outside-toplevel
   with open(path, 'rb') as f:
@@ -73,7 +88,8 @@ def make_runtime(config: Any) -> Callable[[np.ndarray], np.ndarray]:
     raise ConfigError(
         'An exported file is evaluated at one scale without flips: set '
         'config.eval.scales=1.0 and config.eval.flip=False.')
-  run = _litert(path) if e.runtime == 'litert' else _stablehlo(path)
+  run = {'litert': _litert, 'onnxruntime': _onnxruntime,
+         'stablehlo': _stablehlo}[e.runtime](path)
   preprocessing = backbones.preprocessing(config.model)
   include = config.export.include_preprocessing
   output = config.export.output

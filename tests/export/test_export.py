@@ -2,6 +2,7 @@
 runtimes (LiteRT, jax.export) on a real photo, against the Flax model and
 the official file."""
 
+import json
 import pathlib
 
 import numpy as np
@@ -118,8 +119,8 @@ def test_export_mode_writes_once_and_names_bad_formats(official, tmp_path,
 def test_exported_files_are_evaluated_by_the_eval_code(official, voc_prepared,
                                                        tmp_path, capsys):
   """The 32 VOC sample images through the eval pipeline: the Flax model,
-  its float TFLite under LiteRT, and its int8 TFLite (calibrated on those
-  images) under LiteRT."""
+  its float TFLite and its int8 TFLite (calibrated on those images) under
+  LiteRT, and its ONNX file under onnxruntime."""
   from deeplab_jax import evaluate  # pylint: disable=g-import-not-at-top
   data_config, _ = voc_prepared
   config, model = official[0].copy_and_resolve_references(), official[1]
@@ -128,14 +129,20 @@ def test_exported_files_are_evaluated_by_the_eval_code(official, voc_prepared,
   config.data.num_workers = 0
   config.eval.num_result_images = 0
   config.export.calibration_images = 32
-  flax_miou = evaluate.evaluate(config, model, workdir=None)['miou']
   results = {}
-  for name in ('tflite', 'tflite_int8'):
-    path = export.export(model, config, name, str(tmp_path / f'{name}.tflite'))
+  int8 = export.export(model, config, 'tflite_int8',
+                       str(tmp_path / 'int8.tflite'))
+  # The Flax model and the int8 file, scored by the eval code.
+  report = export.int8_report(model, config, int8)
+  assert report['images'] == 32
+  flax_miou = report['float_miou']
+  with open(int8 + '.json') as f:
+    assert json.load(f)['int8_miou'] == report['int8_miou']
+  results['tflite_int8'] = (report['int8_miou'], report['bytes'])
+  for name, runtime in (('tflite', 'litert'), ('onnx', 'onnxruntime')):
+    path = export.export(model, config, name, str(tmp_path / f'{name}.file'))
     c = config.copy_and_resolve_references()
-    c.eval.runtime, c.eval.model_file = 'litert', path
-    if name == 'tflite_int8':
-      c.export.include_preprocessing = True
+    c.eval.runtime, c.eval.model_file = runtime, path
     summary = evaluate.evaluate(c, None, workdir=None)
     assert summary['images'] == 32
     results[name] = (summary['miou'], pathlib.Path(path).stat().st_size)
@@ -144,8 +151,10 @@ def test_exported_files_are_evaluated_by_the_eval_code(official, voc_prepared,
           f'TFLite {100 * results["tflite"][0]:.2f} '
           f'({results["tflite"][1] / 2**20:.2f} MiB), int8 TFLite '
           f'{100 * results["tflite_int8"][0]:.2f} '
-          f'({results["tflite_int8"][1] / 2**20:.2f} MiB)')
+          f'({results["tflite_int8"][1] / 2**20:.2f} MiB), ONNX '
+          f'{100 * results["onnx"][0]:.2f}')
   assert abs(results['tflite'][0] - flax_miou) * 100 <= 0.05
+  assert abs(results['onnx'][0] - flax_miou) * 100 <= 0.05
   assert abs(results['tflite_int8'][0] - flax_miou) * 100 <= 1.5
   assert results['tflite_int8'][1] < results['tflite'][1] / 2
 
