@@ -228,7 +228,12 @@ def run(config: Any, *, mode: str, workdir: str | None = None,
                         'photos).')
     output = output or os.path.join(workdir or '.', 'predictions')
     predict.check_folders(images, output)  # Before the model's setup.
-    model, _ = inference_model(config, workdir)
+    if config.eval.runtime != 'jax':  # An exported file: no model.
+      model = None
+      print(f'Segmenting with {config.eval.model_file} under '
+            f'{config.eval.runtime}.', flush=True)
+    else:
+      model, _ = inference_model(config, workdir)
     summary = predict.predict_folder(config, model, images, output)
     print(f'Segmented {summary["images"]} image(s) into {output}'
           + (f'; skipped {len(summary["skipped"])}' if summary['skipped']

@@ -30,20 +30,35 @@ from deeplab_jax.evaluate import Progress
 from deeplab_jax.models import backbones, inference_view
 
 
-def make_segmenter(model: nnx.Module, config: ml_collections.ConfigDict):
+def make_segmenter(model: nnx.Module | None,
+                   config: ml_collections.ConfigDict):
   """(uint8 [H, W, 3] RGB photo) -> ([H, W] uint8 class ids, [H, W] float32
-  confidence = the winning class's probability)."""
-  graphdef, state = nnx.split(inference_view(model))
+  confidence = the winning class's probability).
+
+  `model` None: `config.eval.runtime` runs `config.eval.model_file`, an
+  exported file, instead (deeplab_jax/export/runtimes.py).
+  """
   size = config.eval.crop_size
   preprocessing = backbones.preprocessing(config.model)
   scales = tuple(float(s) for s in config.eval.scales)
+  if model is None:
+    from deeplab_jax.export import runtimes  # pylint: disable=import-outside-toplevel
+    probabilities = runtimes.make_runtime(config)
+    state = None
 
-  @jax.jit
-  def run(state, image):
-    probs = inference.predict_probabilities(
-        nnx.merge(graphdef, state), image[None], scales=scales,
-        flip=config.eval.flip)[0]
-    return jnp.argmax(probs, -1).astype(jnp.uint8), jnp.max(probs, -1)
+    def run(state, image):
+      del state
+      probs = probabilities(image[None])[0]
+      return np.argmax(probs, -1).astype(np.uint8), np.max(probs, -1)
+  else:
+    graphdef, state = nnx.split(inference_view(model))
+
+    @jax.jit
+    def run(state, image):
+      probs = inference.predict_probabilities(
+          nnx.merge(graphdef, state), image[None], scales=scales,
+          flip=config.eval.flip)[0]
+      return jnp.argmax(probs, -1).astype(jnp.uint8), jnp.max(probs, -1)
 
   def segment(photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     height, width = photo.shape[:2]

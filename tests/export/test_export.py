@@ -169,3 +169,20 @@ def test_eval_runtime_needs_a_file_and_one_scale(official):
   config.eval.scales = (0.5, 1.0)
   with pytest.raises(ConfigError, match='one scale without flips'):
     runtimes.make_runtime(config)
+
+
+def test_predict_with_an_exported_file_matches_the_model(official, tmp_path,
+                                                         shared_models_dir):
+  from deeplab_jax import predict  # pylint: disable=g-import-not-at-top
+  config, model = official[0].copy_and_resolve_references(), official[1]
+  path = export.export(model, config, 'tflite', str(tmp_path / 'm.tflite'))
+  c = config.copy_and_resolve_references()
+  c.eval.runtime, c.eval.model_file = 'litert', path
+  photo = np.asarray(Image.open(shared_models_dir / 'testdata' / 'cat.png')
+                     .convert('RGB'))
+  want, want_confidence = predict.make_segmenter(model, config)(photo)
+  got, got_confidence = predict.make_segmenter(None, c)(photo)
+  assert got.shape == want.shape == photo.shape[:2]
+  assert len(np.unique(want)) > 1  # Something to agree on.
+  assert (got == want).mean() > 0.999
+  np.testing.assert_allclose(got_confidence, want_confidence, atol=1e-3)
