@@ -86,6 +86,7 @@ def test_saved_model_serves_the_flax_logits(official, tmp_path):
   ours = serve(images=tf.constant(np.repeat(images, 2, 0)))['outputs']
   assert ours.shape == (2, 257, 257, 21)  # A dynamic batch.
   np.testing.assert_allclose(ours.numpy()[:1], logits, atol=1e-4)
+  assert (ours.numpy()[:1].argmax(-1) == logits.argmax(-1)).all()
 
 
 def test_uint8_input_and_argmax_output(official, tmp_path):
