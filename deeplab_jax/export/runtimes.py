@@ -11,6 +11,7 @@ get the pixels back through the backbone's `denormalize`.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -29,23 +30,24 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
   return e / e.sum(axis=-1, keepdims=True)
 
 
-def _litert(path: str) -> Callable[[np.ndarray], np.ndarray]:
+def _litert(path: str, check: Callable[..., None]
+            ) -> Callable[[np.ndarray], np.ndarray]:
   try:
     from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise MissingDependencyError(
         'eval.runtime=litert needs LiteRT: pip install ai-edge-litert') from e
-  interpreter = Interpreter(model_path=path, num_threads=os.cpu_count())
+  try:
+    interpreter = Interpreter(model_path=path, num_threads=os.cpu_count())
+  except ValueError as e:
+    raise ConfigError(f'{path} is not a TFLite file LiteRT can read ({e}).'
+                      ) from None
   interpreter.allocate_tensors()
   source = interpreter.get_input_details()[0]
   target = interpreter.get_output_details()[0]
+  check(path, tuple(source['shape']), tuple(target['shape']))
 
   def run(image: np.ndarray) -> np.ndarray:  # One [1, H, W, 3] at a time.
-    if tuple(image.shape) != tuple(source['shape']):
-      raise ConfigError(
-          f'{path} takes {tuple(source["shape"])} images, the eval pipeline '
-          f'gives {tuple(image.shape)}: set config.eval.crop_size to the '
-          "file's input size and config.eval.resize_to_crop=True.")
     interpreter.set_tensor(source['index'], image.astype(source['dtype']))
     interpreter.invoke()
     return interpreter.get_tensor(target['index'])
@@ -53,7 +55,8 @@ def _litert(path: str) -> Callable[[np.ndarray], np.ndarray]:
   return lambda images: np.concatenate([run(x[None]) for x in images])
 
 
-def _onnxruntime(path: str) -> Callable[[np.ndarray], np.ndarray]:
+def _onnxruntime(path: str, check: Callable[..., None]
+                 ) -> Callable[[np.ndarray], np.ndarray]:
   try:
     import onnxruntime  # pylint: disable=import-outside-toplevel
   except ImportError as e:
@@ -62,16 +65,41 @@ def _onnxruntime(path: str) -> Callable[[np.ndarray], np.ndarray]:
   session = onnxruntime.InferenceSession(
       path, providers=['CPUExecutionProvider'])
   name = session.get_inputs()[0].name
+  check(path, tuple(session.get_inputs()[0].shape),
+        tuple(session.get_outputs()[0].shape))
   # The TFLite-derived graph has a fixed batch of 1.
   return lambda images: np.concatenate(
       [session.run(None, {name: x[None]})[0] for x in images])
 
 
-def _stablehlo(path: str) -> Callable[[np.ndarray], np.ndarray]:
+def _stablehlo(path: str, check: Callable[..., None]
+               ) -> Callable[[np.ndarray], np.ndarray]:
   import jax  # pylint: disable=import-outside-toplevel
   with open(path, 'rb') as f:
     exported = jax.export.deserialize(bytearray(f.read()))
+  check(path, tuple(exported.in_avals[0].shape),
+        tuple(exported.out_avals[0].shape))
   return lambda images: np.asarray(exported.call(images))
+
+
+def _check(path: str, input_shape: tuple, output_shape: tuple, *,
+           size: tuple[int, int], classes: int) -> None:
+  """ConfigError when the file's input size or classes are not the
+  config's (symbolic or unknown dimensions pass)."""
+  def known(d):  # numpy ints (LiteRT) count; names and None do not.
+    return int(d) if isinstance(d, (int, np.integer)) and d > 0 else None
+
+  hw = tuple(known(d) for d in input_shape[1:3])
+  if None not in hw and hw != size:
+    raise ConfigError(
+        f'{path} takes {hw[0]}x{hw[1]} images, the config gives {size[0]}x'
+        f'{size[1]}: set config.eval.crop_size={hw[0]} (and '
+        'config.eval.resize_to_crop=True).')
+  last = known(output_shape[-1]) if len(output_shape) == 4 else None
+  if last is not None and last != classes:
+    raise ConfigError(
+        f'{path} scores {last} classes, the config has {classes} '
+        '(config.model.num_classes): use the config it was exported with.')
 
 
 def make_runtime(config: Any) -> Callable[[np.ndarray], np.ndarray]:
@@ -88,8 +116,10 @@ def make_runtime(config: Any) -> Callable[[np.ndarray], np.ndarray]:
     raise ConfigError(
         'An exported file is evaluated at one scale without flips: set '
         'config.eval.scales=1.0 and config.eval.flip=False.')
+  check = functools.partial(_check, size=(int(e.crop_size),) * 2,
+                            classes=int(config.model.num_classes))
   run = {'litert': _litert, 'onnxruntime': _onnxruntime,
-         'stablehlo': _stablehlo}[e.runtime](path)
+         'stablehlo': _stablehlo}[e.runtime](path, check)
   preprocessing = backbones.preprocessing(config.model)
   include = config.export.include_preprocessing
   output = config.export.output

@@ -187,3 +187,30 @@ def test_predict_with_an_exported_file_matches_the_model(official, tmp_path,
   assert len(np.unique(want)) > 1  # Something to agree on.
   assert (got == want).mean() > 0.999
   np.testing.assert_allclose(got_confidence, want_confidence, atol=1e-3)
+
+
+def test_a_file_that_disagrees_with_the_config_is_named(official, tmp_path):
+  from deeplab_jax.export import runtimes  # pylint: disable=g-import-not-at-top
+  config = official[0].copy_and_resolve_references()
+  config.eval.runtime, config.eval.model_file = 'litert', str(official[2])
+  config.eval.crop_size = 321
+  with pytest.raises(ConfigError, match='takes 257x257 images.*crop_size=257'):
+    runtimes.make_runtime(config)
+  config.eval.crop_size = 257
+  config.model.num_classes = 2
+  with pytest.raises(ConfigError, match='scores 21 classes.*has 2'):
+    runtimes.make_runtime(config)
+  bogus = tmp_path / 'bogus.tflite'
+  bogus.write_bytes(b'not a model')
+  config.eval.model_file = str(bogus)
+  with pytest.raises(ConfigError, match='not a TFLite file'):
+    runtimes.make_runtime(config)
+
+
+def test_an_export_target_that_cannot_be_written_is_named(official,
+                                                          tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('')
+  with pytest.raises(ConfigError, match='Cannot write to .*--output'):
+    cli.run(official[0], mode='export', export_format='tflite',
+            output=str(blocker / 'sub' / 'm.tflite'))
