@@ -181,10 +181,18 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 
 def all_finite(tree: Any) -> jax.Array:
   """True when every floating-point value of `tree` is finite (one fused
-  reduction)."""
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+  reduction).
+
+  The leaves are flattened into one vector first: a reduction per leaf
+  would be ~500 kernels in a MobileNetV2 train step, which made XLA:CPU
+  compile the step ~3 s (20-30%) slower; XLA fuses the concatenation into
+  the one reduction, so nothing is copied.
+  """
+  leaves = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(tree)
             if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+  if not leaves:
+    return jnp.bool_(True)
+  return jnp.all(jnp.isfinite(jnp.concatenate(leaves)))
 
 
 # ---------------------------------------------------------------- setup
