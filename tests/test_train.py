@@ -225,7 +225,9 @@ def _wait_for_checkpoint_after(workdir, after, process, timeout=300):
 def test_sigterm_and_ctrl_c_save_a_checkpoint_and_exit_cleanly(
     demo_data_dir, tmp_path):
   workdir = tmp_path / 'run'
-  steps = 80
+  # The kill -9 test's model, crop and step count: the same train program,
+  # compiled once for both (the schedule's length is part of the program).
+  steps = 100000
   args = [f'--config.data.data_dir={demo_data_dir}',
           '--config.data.num_workers=0', f'--config.train.num_steps={steps}',
           '--config.train.checkpoint_every_steps=4',
