@@ -154,8 +154,11 @@ def default_config() -> ml_collections.ConfigDict:
   # each class's frequency, counted once from the training masks, logged).
   t.class_weights = config_dict.placeholder(object)
   # Backbone parameters and BatchNorm statistics fixed (the optimizer skips
-  # them): only the head, decoder and classifier train.
-  t.freeze_backbone = False
+  # them): only the head, decoder and classifier train. None (automatic):
+  # frozen when init_from has BatchNorm folded into its convolutions (the
+  # TFLite exports, whose backbone loses its features when trained);
+  # True / False force it, with a warning when False is risky.
+  t.freeze_backbone = config_dict.placeholder(bool)
   t.top_k_percent_pixels = 1.0  # < 1: hard-pixel mining.
   t.hard_example_mining_step = 0  # Steps over which top-k anneals from 1.
   # BatchNorm in training: None (automatic) freezes it (moving statistics,

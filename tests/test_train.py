@@ -615,16 +615,23 @@ def test_freeze_backbone_trains_only_the_head_decoder_and_classifier():
       params[k], new_params[k])}
 
 
-def test_a_folded_backbone_at_a_high_rate_gets_a_warning():
+def test_a_folded_backbone_is_frozen_unless_forced_with_a_warning():
+  """Automatic: a TFLite export's backbone (BatchNorm folded) is frozen,
+  with a reason; forcing it to train warns; other weights train whole."""
   config = default_config()
   config.train.init_from = 'mnv2_dm05_pascal_float_257'  # TFLite: folded.
-  config.train.learning_rate = 0.01
-  assert 'freeze_backbone=True' in train.folded_backbone_warning(config)
-  config.train.freeze_backbone = True
-  assert train.folded_backbone_warning(config) is None
+  frozen, reason, warning = train.backbone_policy(config)
+  assert frozen and warning is None
+  assert 'folded' in reason and 'freeze_backbone=False' in reason
   config.train.freeze_backbone = False
-  config.train.learning_rate = 1e-4  # The reference fine-tuning rate.
-  assert train.folded_backbone_warning(config) is None
-  config.train.learning_rate = 0.01
+  frozen, reason, warning = train.backbone_policy(config)
+  assert not frozen and reason is None
+  assert 'lose its features' in warning and 'unset' in warning
+  config.train.freeze_backbone = True
+  assert train.backbone_policy(config) == (
+      True, 'Backbone frozen (config.train.freeze_backbone=True).', None)
+  config.train.freeze_backbone = None
   config.train.init_from = 'mnv2_pascal_train_aug'  # Unfolded TF checkpoint.
-  assert train.folded_backbone_warning(config) is None
+  assert train.backbone_policy(config) == (False, None, None)
+  config.train.init_from = None
+  assert train.backbone_policy(config) == (False, None, None)
