@@ -110,13 +110,13 @@ def l2_loss(params: Any, mask: Any, weight_decay: float) -> jax.Array:
 
 def create_optimizer(train_config: Any, num_steps: int,
                      masks: ParameterMasks, *,
-                     freeze_backbone: bool | None = None
+                     freeze_backbone: bool
                      ) -> optax.GradientTransformationExtraArgs:
   """decay (masked) -> bias multiplier (masked) -> SGD/Adam [-> plateau]
   [-> backbone updates zeroed].
 
-  `freeze_backbone`: the resolved decision (`train.backbone_policy`);
-  None reads `train_config.freeze_backbone` as given (None: not frozen).
+  `freeze_backbone`: the resolved decision (`train.backbone_policy`),
+  not `train_config.freeze_backbone`, whose None means automatic.
 
   Adding `weight_decay * w` to the masked gradients equals the gradient of
   the reference's L2 loss 0.5 * weight_decay * |w|^2 added to the loss.
@@ -141,8 +141,6 @@ def create_optimizer(train_config: Any, num_steps: int,
         patience=t.reduce_on_plateau_patience,
         accumulation_size=t.reduce_on_plateau_accumulation_steps,
         min_scale=1e-8 / t.learning_rate))
-  if freeze_backbone is None:
-    freeze_backbone = bool(t.freeze_backbone)
   if freeze_backbone:  # Last: no update (decay included) reaches them.
     parts.append(optax.masked(optax.set_to_zero(), masks.backbone))
   return optax.with_extra_args_support(optax.chain(*parts))

@@ -98,7 +98,8 @@ def test_update_adds_weight_decay_and_scales_conv_biases(tiny):
   config.weight_decay, config.learning_rate = 0.01, 0.1
   config.lr_schedule = 'constant'
   masks = optim.parameter_masks(model, params, False)
-  tx = optim.create_optimizer(config, 10, masks)
+  tx = optim.create_optimizer(config, 10, masks,
+                                  freeze_backbone=False)
   grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
   updates, _ = tx.update(grads, tx.init(params), params, value=jnp.float32(1))
   flat_p, flat_u = _flat(params), _flat(updates)
@@ -138,7 +139,8 @@ def test_reduce_on_plateau_scales_the_learning_rate_after_patience():
   params = {'w': jnp.ones((3,))}
   masks = optim.ParameterMasks(weight_decay={'w': False},
                                conv_bias={'w': False})
-  tx = optim.create_optimizer(config, 100, masks)
+  tx = optim.create_optimizer(config, 100, masks,
+                                  freeze_backbone=False)
   state = tx.init(params)
   grads = {'w': jnp.ones((3,))}
   sizes = []
