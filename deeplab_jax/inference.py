@@ -71,6 +71,9 @@ def to_original_size(probabilities: np.ndarray, valid: Sequence[int],
   probs = np.asarray(probabilities[:h, :w], np.float32)
   rows = interpolation_matrix(h, int(size[0]))
   cols = interpolation_matrix(w, int(size[1]))
-  resized = np.einsum('oh,hwc->owc', rows, probs)
-  resized = np.einsum('pw,owc->opc', cols, resized)
+  # Two BLAS matrix products. np.einsum does not call BLAS for these
+  # operands and took 0.5-0.7 s per 500x375 VOC image (257 input, 21
+  # classes); these take about 40 ms with the same result.
+  resized = np.tensordot(rows, probs, axes=(1, 0))  # [H, w, C]
+  resized = np.matmul(cols, resized)  # [W, w] @ [H, w, C] -> [H, W, C]
   return np.argmax(resized, axis=-1)

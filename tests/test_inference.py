@@ -46,3 +46,21 @@ def test_flip_averages_a_non_equivariant_model():
   flipped = inference.predict_probabilities(model, images, flip=True)
   assert not np.allclose(single, flipped)
   np.testing.assert_allclose(np.asarray(flipped).sum(-1), 1.0, atol=1e-6)
+
+
+def test_to_original_size_equals_tf_align_corners_resize_then_argmax():
+  """The host-side resize of a padded square's valid region to the image's
+  own size, against TF's align-corners bilinear resize (an independent
+  implementation), on a non-square crop with classes close to ties."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  probabilities = rng.random((33, 33, 6)).astype(np.float32)
+  valid, size = (33, 21), (50, 37)  # A 50x37 image resized into 33x21.
+  expected = tf.compat.v1.image.resize_bilinear(
+      probabilities[None, :33, :21], size, align_corners=True)[0].numpy()
+  ours = inference.to_original_size(probabilities, valid, size)
+  assert ours.shape == size
+  margin = np.sort(expected, -1)[..., -1] - np.sort(expected, -1)[..., -2]
+  clear = margin > 1e-5  # Pixels whose argmax float rounding cannot flip.
+  assert clear.mean() > 0.99
+  np.testing.assert_array_equal(ours[clear], expected.argmax(-1)[clear])
