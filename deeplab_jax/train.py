@@ -147,6 +147,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     def loss_fn(params):
       # The L2 term is in the optimizer (its gradient, masked): outside the
       # differentiated loss, it is reported and drives the plateau.
+      if freeze_backbone:
+        params = _stop_backbone_gradients(params, masks.backbone)
       model = nnx.merge(graphdef, params, state.batch_stats, copy=True)
       if freeze_batch_norm:
         model = nnx.view(model, use_running_average=True)
@@ -194,6 +196,22 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     return new_state, metrics
 
   return train_step
+
+
+def _stop_backbone_gradients(params: Any, backbone_mask: Any) -> Any:
+  """`params` with the backbone's behind stop_gradient.
+
+  The optimizer zeroes a frozen backbone's updates; without this the step
+  would still differentiate through the backbone for gradients it then
+  throws away. With it, the backward pass ends at the backbone's outputs
+  (the images need no gradient): the head's, decoder's and classifier's
+  gradients are unchanged, the backbone's are zeros XLA never computes.
+  """
+  leaves, treedef = jax.tree.flatten(params)
+  frozen = jax.tree.leaves(backbone_mask)
+  return jax.tree.unflatten(treedef, [
+      jax.lax.stop_gradient(x) if is_backbone else x
+      for x, is_backbone in zip(leaves, frozen, strict=True)])
 
 
 def all_finite(tree: Any) -> jax.Array:

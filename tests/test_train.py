@@ -623,6 +623,53 @@ def test_freeze_backbone_trains_only_the_head_decoder_and_classifier():
       params[k], new_params[k])}
 
 
+def test_a_frozen_backbone_is_not_differentiated_and_the_rest_steps_alike():
+  """freeze_backbone stops the gradients at the backbone: the step's
+  FLOPs fall (XLA drops the backbone's backward pass) and the head's,
+  decoder's and classifier's update is the one the whole-network step
+  makes (BatchNorm frozen and no dropout, so both see the same
+  activations)."""
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.uniform(-1, 1, (8, 33, 33, 3)).astype(np.float32),
+           'label': rng.integers(0, 5, (8, 33, 33)).astype(np.uint8)}
+  flat = lambda tree: {k: np.array(v) for k, v in
+                       checkpoints.flatten_state(tree).items()}
+  params, flops = {}, {}
+  for frozen in (False, True):
+    # The frozen-BatchNorm step of the test above (a compile-cache hit).
+    config = default_config()
+    config.model = tiny_model_config(**{'num_classes': 5})
+    config.model.head.dropout_rate = 0.0
+    config.train.batch_size = 8
+    config.train.learning_rate = 0.05
+    config.train.batch_norm_min_batch = 1
+    config.train.freeze_batch_norm = True
+    config.train.freeze_backbone = frozen
+    trainer = train.Trainer(config, num_steps=10)
+    trainer.place()
+    cost = trainer.train_step.lower(
+        trainer.state, jax.device_put(batch, trainer.data_sharding)
+    ).compile().cost_analysis()
+    flops[frozen] = (cost[0] if isinstance(cost, list) else cost)['flops']
+    before = flat(trainer.state.params)
+    trainer.step(batch)
+    params[frozen] = flat(trainer.state.params)
+  # Measured 62.5 vs 168.3 MFLOP (167.6 when the gradient was computed and
+  # only the update zeroed).
+  assert flops[True] < 0.5 * flops[False], flops
+  backbone = [k for k in before if k[0] == 'backbone']
+  assert backbone and all(np.array_equal(params[True][k], before[k])
+                          for k in backbone)
+  assert any(not np.array_equal(params[False][k], before[k])
+             for k in backbone)
+  rest = [k for k in before if k[0] != 'backbone']
+  for k in rest:
+    np.testing.assert_allclose(params[True][k], params[False][k], atol=1e-7,
+                               err_msg=str(k))
+  assert sum(not np.array_equal(params[True][k], before[k])
+             for k in rest) >= 0.9 * len(rest)
+
+
 def test_a_folded_backbone_is_frozen_unless_forced_with_a_warning():
   """Automatic: a TFLite export's backbone (BatchNorm folded) is frozen,
   with a reason; forcing it to train warns; other weights train whole."""
