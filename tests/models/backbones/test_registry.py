@@ -1,16 +1,14 @@
 """The backbone seam: a new backbone is one class and one registry line.
 
-A toy backbone defined here, registered for the test only, goes through
-config validation, model building, the heads and decoder, summary counts,
-weight-import scopes and the data pipeline's normalisation without any
-other file knowing its name.
+A toy backbone (tests/helpers/toy_backbone.py), registered for the test
+only, goes through config validation, model building, the heads and
+decoder, summary counts, weight-import scopes and the data pipeline's
+normalisation without any other file knowing its name.
 """
 
 import io
 
-
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -20,63 +18,7 @@ from deeplab_jax.config import default_config, validate_config
 from deeplab_jax.data import pipeline
 from deeplab_jax.errors import ConfigError
 from deeplab_jax.models import backbones, create_model, parameter_counts
-from deeplab_jax.models.backbones import Backbone, Preprocessing
-from deeplab_jax.models.backbones.base import layer_options
-from deeplab_jax.models.layers import ConvBN
-
-TOY_PREPROCESSING = Preprocessing(mean=(100.0, 110.0, 120.0),
-                                  scale=(50.0, 50.0, 50.0))
-
-
-class ToyBackbone(Backbone):
-  """stem (stride 4) -> 'low_level'; body (stride os / 4) -> 'features'."""
-
-  name = 'toy'
-
-  @classmethod
-  def default_config(cls):
-    c = ml_collections.ConfigDict()
-    c.name = cls.name
-    c.width = 8
-    c.bn_momentum = 0.99
-    c.bn_epsilon = 1e-3
-    return c
-
-  @classmethod
-  def validate_config(cls, backbone_config, key, check):
-    check.positive_int(f'{key}.width', backbone_config.width)
-
-  @classmethod
-  def from_config(cls, backbone_config, *, output_stride, dtype,
-                  depthwise_impl, rngs):
-    return cls(backbone_config.width, output_stride,
-               layer_options(backbone_config, dtype=dtype,
-                             depthwise_impl=depthwise_impl), rngs)
-
-  @classmethod
-  def preprocessing(cls, backbone_config):
-    return TOY_PREPROCESSING
-
-  def __init__(self, width, output_stride, options, rngs):
-    self.stem = ConvBN(3, width, 3, strides=4, options=options, rngs=rngs)
-    self.body = ConvBN(width, 2 * width, 3, strides=output_stride // 4,
-                       options=options, rngs=rngs)
-    self.width = width
-
-  @property
-  def out_channels(self):
-    return 2 * self.width
-
-  @property
-  def low_level_channels(self):
-    return self.width
-
-  def tf_scopes(self):
-    return {'toy/stem': self.stem, 'toy/body': self.body}
-
-  def __call__(self, images):
-    low = self.stem(images)
-    return {'low_level': low, 'features': self.body(low)}
+from tests.helpers.toy_backbone import ToyBackbone
 
 
 @pytest.fixture
