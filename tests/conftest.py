@@ -223,19 +223,21 @@ def voc_train_config(data_dir, manual_dir, **train_overrides):
   return config
 
 
-# The longest tests (one to four minutes each on two cores), started first:
+# The longest tests and groups (one to four minutes each on two cores),
+# started first:
 # pytest-xdist hands tests out in collection order, and a long test drawn
 # last would leave one worker idle while the other finishes it.
 SLOW_FIRST = (
-    'test_two_trainers_started_together_one_trains_one_is_told',
-    'test_kill_9_at_random_moments_loses_nothing_else',
+    # The install group, one worker, in order: the venv (about 60 s), then
+    # about 180 s of tests; the longest chain, so it starts first.
     'test_no_tensorflow_and_the_command_works_from_any_folder',
     'test_notebook_executes_in_the_colab_install',
     'test_train_eval_predict_without_tensorflow',
-    'test_sigterm_and_ctrl_c_save_a_checkpoint_and_exit_cleanly',
-    'test_fine_tuning_an_official_model_keeps_it',
     'test_one_device_and_eight_devices_take_the_same_step',
     'test_two_processes_form_one_cluster_and_agree',
+    'test_kill_9_at_random_moments_loses_nothing_else',
+    'test_fine_tuning_an_official_model_keeps_it',
+    'test_two_trainers_started_together_one_trains_one_is_told',
 )
 
 
