@@ -223,10 +223,10 @@ def voc_train_config(data_dir, manual_dir, **train_overrides):
   return config
 
 
-# The longest tests and groups (one to four minutes each on two cores),
-# started first:
-# pytest-xdist hands tests out in collection order, and a long test drawn
-# last would leave one worker idle while the other finishes it.
+# The longest tests and groups (about a minute or more each on two cores),
+# started first: pytest-xdist hands tests out in collection order, and a
+# long test drawn last would leave one worker idle while the other
+# finishes it.
 SLOW_FIRST = (
     # The install group, one worker, in order: the venv (about 60 s), then
     # about 180 s of tests; the longest chain, so it starts first.
