@@ -175,7 +175,9 @@ def run(config: Any, *, mode: str, workdir: str | None = None,
   if config.model.num_classes == 0 and mode != 'prepare':
     datasets.resolve_num_classes(config)  # 0: the dataset's.
   if mode == 'summary':
-    model = create_model(config.model)
+    # Counts need shapes only: abstract arrays, no initialisation (the
+    # Xception-65 summary took 12 s of compiling initialisers).
+    model = nnx.eval_shape(lambda: create_model(config.model))
     print(format_summary(model, depth=1))
     print()
     print(format_summary(model.backbone, depth=1).replace(
