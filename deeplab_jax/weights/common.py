@@ -17,7 +17,9 @@ def assign(variable: nnx.Variable, value: np.ndarray, name: str) -> None:
         f'{name}: the file has shape {tuple(value.shape)} but the model '
         f'expects {tuple(variable.shape)}. Check that the config (depth '
         'multiplier, channel rounding, head, num_classes) matches the weights.')
-  variable[...] = jnp.asarray(value, dtype=variable[...].dtype)
+  # Replaces the value: the variable may be abstract (a model built with
+  # nnx.eval_shape, which the file fills completely).
+  variable.set_value(jnp.asarray(value, dtype=variable.get_value().dtype))
 
 
 def set_batch_norm(bn: nnx.BatchNorm, name: str, *, gamma=None, beta=None,
