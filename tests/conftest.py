@@ -79,11 +79,15 @@ def backbone_with_weights(model_config, weights, output_stride=32):
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from deeplab_jax.checkpoints import copy_matching  # pylint: disable=g-import-not-at-top
   from deeplab_jax.models import create_model  # pylint: disable=g-import-not-at-top
-  model = create_model(model_config, output_stride=output_stride)
+  # Abstract (shapes only): the weights fill the whole backbone, and
+  # initialising a ResNet-101 first took seconds of compiling.
+  model = nnx.eval_shape(lambda: create_model(model_config,
+                                              output_stride=output_stride))
   graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   params, stats, report = copy_matching(params, stats, weights,
                                         scope='backbone')
   assert report['loaded'] > 0 and not report['skipped']
+  assert not report['missing'], report['missing'][:5]
   return nnx.view(nnx.merge(graphdef, params, stats).backbone,
                   use_running_average=True)
 
@@ -138,13 +142,17 @@ def _prepare(data_config) -> None:
   pipeline.prepare_dataset(data_config)
 
 
-# main.py flags for the smallest model the CLI tests train (seconds a step).
-TINY_MODEL_FLAGS = (
-    '--config.model.backbone.depth_multiplier=0.35',
-    '--config.model.head.channels=8',
-    '--config.model.head.projection_channels=8',
-    '--config.model.decoder.channels=8',
-    '--config.model.decoder.low_level_channels=8')
+@pytest.fixture
+def toy_model(monkeypatch):
+  """Registers tests/helpers/toy_backbone.py's two-convolution backbone for
+  one test and gives `use_toy_model(config)`: for tests of what does not
+  depend on the backbone (datasets, the training loop, evaluation), whose
+  MobileNetV2 would cost most of their time in building and compiling."""
+  from tests.helpers import toy_backbone  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.models import backbones  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(backbones.BACKBONES, toy_backbone.ToyBackbone.name,
+                      toy_backbone.ToyBackbone)
+  return toy_backbone.use_toy_model
 
 
 @pytest.fixture(scope='session')

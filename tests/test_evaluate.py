@@ -19,7 +19,9 @@ from deeplab_jax.models import create_model
 from deeplab_jax.weights import pretrained
 from deeplab_jax.data import voc
 from deeplab_jax.errors import CheckpointError
+from deeplab_jax.models import backbones
 from tests.conftest import voc_train_config
+from tests.helpers.toy_backbone import ToyBackbone
 
 
 # One pytest-xdist worker runs this module: its 30-step training fixture
@@ -27,20 +29,32 @@ from tests.conftest import voc_train_config
 pytestmark = pytest.mark.xdist_group('voc_run')
 
 
+@pytest.fixture(autouse=True)
+def _toy_backbone_registered(monkeypatch):
+  """What these tests check (evaluation, --follow, predict, restore) does
+  not depend on the backbone: the run trains the two-convolution
+  tests/helpers/toy_backbone.py (the official models' evaluation is
+  pinned to LiteRT's in tests/weights/test_pretrained.py)."""
+  monkeypatch.setitem(backbones.BACKBONES, ToyBackbone.name, ToyBackbone)
+
+
 @pytest.fixture(scope='session')
 def voc_run(voc_prepared, tmp_path_factory):
   """30 steps on the 26 VOC sample training images, evaluated on the 6
   val images at steps 15 and 30; then the config."""
   config, _ = voc_prepared
-  # The same train program as test_train's resume test: one compile.
+  # The same train program as test_train's resume tests: one compile.
   config = voc_train_config(config.data.data_dir, config.data.manual_dir)
+  config.model.backbone = ToyBackbone.default_config()
   config.train.checkpoint_every_steps = 15
   config.train.eval_every_steps = 15
   config.eval.scales = (1.0,)
   config.eval.flip = False
   config.eval.num_result_images = 2
   workdir = tmp_path_factory.mktemp('voc_run')
-  result = cli.run(config, mode='train', workdir=str(workdir))
+  with pytest.MonkeyPatch.context() as patch:  # Session-scoped: its own.
+    patch.setitem(backbones.BACKBONES, ToyBackbone.name, ToyBackbone)
+    result = cli.run(config, mode='train', workdir=str(workdir))
   return config, workdir, result
 
 

@@ -1,9 +1,8 @@
 """Cityscapes and ADE20K from files the tests write in the official layouts
 (real VOC photos stand in; the archives cannot be downloaded here)."""
 
+import json
 import pathlib
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
@@ -13,7 +12,6 @@ from PIL import Image
 from deeplab_jax.config import default_config
 from deeplab_jax.data import augment, datasets, pipeline
 from deeplab_jax.errors import DatasetError
-from tests.conftest import TINY_MODEL_FLAGS
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -141,24 +139,30 @@ def test_ade20k_reduces_the_zero_label(voc_sample_dir, tmp_path):
 
 @pytest.mark.parametrize('dataset', ['cityscapes', 'ade20k'])
 def test_summary_and_two_training_steps(dataset, voc_sample_dir, tmp_path,
-                                        capsys):
+                                        capsys, toy_model):
+  """The shipped config's summary, then two steps and the final eval of its
+  data, classes and eval settings (a toy backbone: the data is tested)."""
   write = write_cityscapes if dataset == 'cityscapes' else write_ade20k
   write(voc_sample_dir, tmp_path / 'manual')
-  common = [sys.executable, 'main.py', f'--config=configs/{dataset}.py']
-  # --mode=summary in this process (a subprocess costs seconds to start).
   from deeplab_jax import cli  # pylint: disable=g-import-not-at-top
   from deeplab_jax.config import load_config_file  # pylint: disable=g-import-not-at-top
-  cli.run(load_config_file(str(REPO / 'configs' / f'{dataset}.py')),
-          mode='summary')
+  config = load_config_file(str(REPO / 'configs' / f'{dataset}.py'))
+  cli.run(config, mode='summary')
   assert 'total' in capsys.readouterr().out
-  result = subprocess.run(
-      common + [f'--workdir={tmp_path / "run"}',
-                f'--config.data.manual_dir={tmp_path / "manual"}',
-                f'--config.data.data_dir={tmp_path / "tfds"}',
-                '--config.data.num_workers=0', '--config.data.crop_size=65',
-                '--config.train.batch_size=2', '--config.train.num_steps=2',
-                *TINY_MODEL_FLAGS],
-      cwd=REPO, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, (result.stdout[-3000:] +
-                                  result.stderr[-3000:])
-  assert 'Trained to step 2' in result.stdout
+  config = toy_model(config)
+  config.data.manual_dir = str(tmp_path / 'manual')
+  config.data.data_dir = str(tmp_path / 'tfds')
+  config.data.num_workers = 0
+  config.data.crop_size = 65
+  config.train.batch_size = 2
+  config.train.num_steps = 2
+  config.train.eval_every_steps = 2
+  config.eval.crop_size = 513  # The photos are at most 500 x 500.  # The photos are at most 500 x 500.
+  result = cli.run(config, mode='train', workdir=str(tmp_path / 'run'))
+  assert 'Trained to step 2' in capsys.readouterr().out
+  assert result['final_step'] == 2
+  # The eval at step 2 scored the val files over the dataset's classes.
+  metrics = json.loads((tmp_path / 'run' / 'eval' / 'metrics.json'
+                        ).read_text())
+  assert metrics['images'] == 2
+  assert len(metrics['per_class_iou']) == config.model.num_classes

@@ -54,6 +54,7 @@ class ToyBackbone(Backbone):
     self.body = ConvBN(width, 2 * width, 3, strides=output_stride // 4,
                        options=options, rngs=rngs)
     self.width = width
+    self.output_stride = output_stride
 
   @property
   def out_channels(self):
@@ -74,3 +75,16 @@ class ToyBackbone(Backbone):
 def register() -> None:
   """Adds 'toy' to the registry (idempotent)."""
   backbones.BACKBONES.setdefault(ToyBackbone.name, ToyBackbone)
+
+
+def use_toy_model(config: ml_collections.ConfigDict
+                  ) -> ml_collections.ConfigDict:
+  """`config` (changed in place and returned) with the toy backbone and an
+  8-channel head and decoder; everything else, the number of classes
+  included, stays the config's."""
+  config.model.backbone = ToyBackbone.default_config()
+  config.model.head.channels = 8
+  config.model.head.projection_channels = 8
+  config.model.decoder.channels = 8
+  config.model.decoder.low_level_channels = 8
+  return config

@@ -13,16 +13,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import demo
-from deeplab_jax.models import backbones
 from tests.helpers import toy_backbone
 
 
 def get_config():
   toy_backbone.register()
-  config = demo.get_config()
-  config.model.backbone = backbones.backbone_config('toy')
-  config.model.head.channels = 8
-  config.model.head.projection_channels = 8
-  config.model.decoder.channels = 8
-  config.model.decoder.low_level_channels = 8
-  return config
+  return toy_backbone.use_toy_model(demo.get_config())
