@@ -123,8 +123,9 @@ class Checkpointer:
         return self.restore(step, abstract_state, data_iterator), step, notes
       except CheckpointError as e:
         first_error = first_error or e
-        notes.append(f'checkpoint {self.path(step)} is unusable '
-                     f'({str(e.__cause__ or e).splitlines()[0][:200]})')
+        reason = getattr(e, 'reason', None) or str(
+            e.__cause__ or e).splitlines()[0][:200]
+        notes.append(f'checkpoint {self.path(step)} is unusable ({reason})')
     if first_error is not None:
       raise first_error
     return None, None, notes
@@ -132,6 +133,7 @@ class Checkpointer:
   def restore(self, step: int, abstract_state: Any,
               data_iterator: Any | None = None) -> Any:
     """The train state at `step`; also rewinds `data_iterator` if given."""
+    self._check_before_reading(step, abstract_state)
     items = {'state': ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
@@ -145,19 +147,52 @@ class Checkpointer:
           'beside it).') from e
     return restored['state']
 
-  def _mismatch(self, step: int, abstract_state: Any,
-                error: Exception) -> str:
-    """What differs between a checkpoint and the state this config builds:
-    the first keys whose shapes differ or that only one side has (rather
-    than orbax's whole metadata tree)."""
+  def _check_before_reading(self, step: int, abstract_state: Any, *,
+                            partial: bool = False) -> None:
+    """Raises a CheckpointError when `step` is incomplete or its stored
+    shapes do not fit `abstract_state` (only the arrays it names, if
+    `partial`).
+
+    Checked from the files and the metadata before orbax reads an array:
+    its failed reads (a half-written step, another head width) each left
+    a pending TensorStore read that printed an "Event loop is closed"
+    traceback at exit, 20-60 of them after the one message.
+    """
+    missing = self._missing_files(step)
+    if missing:
+      reason = (f'incomplete: no {", ".join(missing)}; it was being '
+                'written when its run stopped')
+      error = CheckpointError(f'The checkpoint {self.path(step)} is {reason}.')
+      error.reason = reason
+      raise error
+    differences = self._differences(step, abstract_state, partial=partial)
+    if differences:
+      raise CheckpointError(
+          f'The checkpoint {self.path(step)} does not fit this config: '
+          f'{differences}. Train in a new --workdir, or use the config it '
+          'was trained with (config.json beside it).')
+
+  def _missing_files(self, step: int) -> list[str]:
+    """What a complete step written by `save` has and `step` lacks: the
+    state item's OCDBT manifest and data folder, the data item."""
+    path = self.path(step)
+    wanted = ('state/_METADATA', 'state/manifest.ocdbt', 'state/d', 'data')
+    return [name for name in wanted if not (path / name).exists()]
+
+  def _differences(self, step: int, abstract_state: Any, *,
+                   partial: bool = False) -> str | None:
+    """The first keys whose stored shapes differ from `abstract_state`'s or
+    that only one side has (rather than orbax's whole metadata tree); None
+    when they agree or the metadata cannot be read. With `partial`, the
+    checkpoint's other top-level items (e.g. the optimizer state beside
+    'params' and 'batch_stats') are expected."""
     try:
       stored = ocp.PyTreeCheckpointer().metadata(
           self.path(step) / 'state').item_metadata.tree
-      saved = {k: tuple(getattr(v, 'shape', ()) or ())
-               for k, v in flatten_state(stored).items()}
     except Exception:  # pylint: disable=broad-except
-      first = str(error).strip().splitlines()[0][:200] if str(error) else ''
-      return f'is incomplete or unreadable ({type(error).__name__}: {first})'
+      return None
+    saved = {k: tuple(getattr(v, 'shape', ()) or ())
+             for k, v in flatten_state(stored).items()}
     saved = {(k[:-1] if k and k[-1] == 'value' else k): v
              for k, v in saved.items()}
     wanted = {k: tuple(v.shape) for k, v in
@@ -165,7 +200,9 @@ class Checkpointer:
     shape = [f'{"/".join(k)} {saved[k]} vs {wanted[k]} here'
              for k in wanted if k in saved and saved[k] != wanted[k]]
     only_here = ['/'.join(k) for k in wanted if k not in saved]
-    only_there = ['/'.join(k) for k in saved if k not in wanted]
+    groups = {k[0] for k in wanted if k}
+    only_there = ['/'.join(k) for k in saved if k not in wanted and (
+        not partial or k[:1] and k[0] in groups)]
     parts = []
     if shape:
       parts.append(f'shapes differ ({len(shape)}): ' + '; '.join(shape[:3]))
@@ -175,16 +212,23 @@ class Checkpointer:
     if only_there:
       parts.append(f'it has {len(only_there)} arrays this config lacks, e.g. '
                    + ', '.join(only_there[:3]))
-    if not parts:
-      first = str(error).strip().splitlines()[0][:200] if str(error) else ''
-      return f'is incomplete or unreadable ({type(error).__name__}: {first})'
-    return 'does not fit this config: ' + '; '.join(parts)
+    return '; '.join(parts) or None
+
+  def _mismatch(self, step: int, abstract_state: Any,
+                error: Exception) -> str:
+    """What differs, for an error orbax raised while restoring."""
+    differences = self._differences(step, abstract_state)
+    if differences:
+      return 'does not fit this config: ' + differences
+    first = str(error).strip().splitlines()[0][:200] if str(error) else ''
+    return f'is incomplete or unreadable ({type(error).__name__}: {first})'
 
   def restore_weights(self, step: int, abstract_weights: dict[str, Any]
                       ) -> dict[str, Any]:
     """Only the items of `abstract_weights` (e.g. 'params' and
     'batch_stats') of the train state at `step`: an orbax partial restore
     that reads neither the optimizer state nor the data iterator."""
+    self._check_before_reading(step, abstract_weights, partial=True)
     path = self.path(step) / 'state'
     try:
       return ocp.PyTreeCheckpointer().restore(
@@ -193,11 +237,11 @@ class Checkpointer:
               restore_args=ocp.checkpoint_utils.construct_restore_args(
                   abstract_weights),
               partial_restore=True))
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
       raise CheckpointError(
-          f'The checkpoint {self.path(step)} does not fit this config ({e}). '
-          'Use the config it was trained with (its workdir holds '
-          'config.json).') from e
+          f'The checkpoint {self.path(step)} '
+          f'{self._mismatch(step, abstract_weights, e)}. Use the config it '
+          'was trained with (its workdir holds config.json).') from e
 
   def close(self) -> None:
     self.wait()
