@@ -59,20 +59,23 @@ def _assert_same_step(a, b, atol=1e-5):
 
 
 @pytest.fixture(scope='session')
-def one_device_step(tmp_path_factory):
-  """The reference: one step on one device."""
-  out, process = _one_step(tmp_path_factory.mktemp('one'), 'one',
-                           '--local_devices=1')
-  assert 'devices 1' in _wait(process)
-  return out
+def one_and_eight_devices(tmp_path_factory):
+  """The same step on a mesh of 8 simulated devices and on one of them
+  alone (the reference), in one process: (one.npz, eight.npz)."""
+  folder = tmp_path_factory.mktemp('one_and_eight')
+  one = folder / 'one.npz'
+  eight, process = _one_step(folder, 'eight', '--local_devices=8',
+                             f'--one_device_out={one}')
+  output = _wait(process)
+  assert 'devices 8' in output and 'devices 1' in output, output[-2000:]
+  return one, eight
 
 
-@pytest.mark.xdist_group('one_device_step')  # Its fixture runs once.
-def test_one_device_and_eight_devices_take_the_same_step(one_device_step,
-                                                         tmp_path):
-  eight, process = _one_step(tmp_path, 'eight', '--local_devices=8')
-  assert 'devices 8' in _wait(process)
-  _assert_same_step(one_device_step, eight)
+@pytest.mark.xdist_group('device_parity')  # Its fixture runs once.
+def test_one_device_and_eight_devices_take_the_same_step(
+    one_and_eight_devices):
+  one, eight = one_and_eight_devices
+  _assert_same_step(one, eight)
 
 
 def _free_port():
@@ -101,14 +104,15 @@ def _two_process_step(tmp_path, attempts=3):
   raise AssertionError('unreachable')
 
 
-@pytest.mark.xdist_group('one_device_step')  # Its fixture runs once.
-def test_two_processes_form_one_cluster_and_agree(one_device_step, tmp_path):
+@pytest.mark.xdist_group('device_parity')  # Its fixture runs once.
+def test_two_processes_form_one_cluster_and_agree(one_and_eight_devices,
+                                                  tmp_path):
   runs, outputs = _two_process_step(tmp_path)
   for output in outputs:
     assert 'devices 2' in output
   _assert_same_step(runs[0][0], runs[1][0], atol=0.0)  # Bit-identical.
   # Two hosts, each with its half of the batch == one device with all of it.
-  _assert_same_step(runs[0][0], one_device_step)
+  _assert_same_step(runs[0][0], one_and_eight_devices[0])
 
 
 @pytest.fixture(autouse=True)
@@ -316,8 +320,9 @@ def test_frozen_batch_norm_trains_on_moving_statistics():
   frozen = train.Trainer(config, num_steps=10)
   frozen.place()
   before = stats(frozen)
-  logits = nnx.view(frozen.model(), deterministic=True,
-                    use_running_average=True)(batch['image'])
+  logits = nnx.jit(lambda m, x: m(x))(  # Jitted: op by op took 10 s.
+      nnx.view(frozen.model(), deterministic=True, use_running_average=True),
+      batch['image'])
   expected = float(losses.softmax_cross_entropy(
       logits, batch['label'].astype(np.int32), ignore_label=255))
   metrics = frozen.step(batch)
@@ -641,6 +646,7 @@ def test_freeze_backbone_trains_only_the_head_decoder_and_classifier():
            'label': rng.integers(0, 5, (8, 33, 33)).astype(np.uint8)}
   config = default_config()
   config.model = tiny_model_config(**{'num_classes': 5})
+  config.model.backbone = ToyBackbone.default_config()
   config.train.batch_size = 8
   config.train.learning_rate = 0.05
   config.train.batch_norm_min_batch = 1

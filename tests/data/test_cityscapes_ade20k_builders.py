@@ -26,6 +26,13 @@ def _photos(voc_sample_dir, count):
   return jpegs[:count]
 
 
+def _open_half(photo):
+  """The photo at half size (at most 250 x 250): what is tested is the
+  files' layout and labels, and small images keep the 2-step run short."""
+  image = Image.open(photo).convert('RGB')
+  return image.resize((image.width // 2, image.height // 2))
+
+
 def _random_ids(shape, high, seed):
   return np.random.default_rng(seed).integers(0, high, shape).astype(np.uint8)
 
@@ -37,7 +44,7 @@ def write_cityscapes(voc_sample_dir, root, zipped=False):
   for n, photo in enumerate(_photos(voc_sample_dir, 5)):
     split, city = ('train', 'aachen') if n < 3 else ('val', 'frankfurt')
     stem = f'{city}_000000_{n:06d}'
-    image = Image.open(photo).convert('RGB')
+    image = _open_half(photo)
     ids = _random_ids((image.height, image.width), 34, n)
     for kind, name, picture in (
         ('leftImg8bit', f'{stem}_leftImg8bit.png', image),
@@ -67,7 +74,7 @@ def write_ade20k(voc_sample_dir, root):
     base = root / 'ADEChallengeData2016'
     (base / 'images' / split).mkdir(parents=True, exist_ok=True)
     (base / 'annotations' / split).mkdir(parents=True, exist_ok=True)
-    image = Image.open(photo)
+    image = _open_half(photo)
     image.save(base / 'images' / split / f'{stem}.jpg')
     ids = _random_ids((image.height, image.width), 151, n)
     Image.fromarray(ids).save(base / 'annotations' / split / f'{stem}.png')
@@ -157,7 +164,7 @@ def test_summary_and_two_training_steps(dataset, voc_sample_dir, tmp_path,
   config.train.batch_size = 2
   config.train.num_steps = 2
   config.train.eval_every_steps = 2
-  config.eval.crop_size = 513  # The photos are at most 500 x 500.  # The photos are at most 500 x 500.
+  config.eval.crop_size = 257  # The photos are at most 250 x 250.
   result = cli.run(config, mode='train', workdir=str(tmp_path / 'run'))
   assert 'Trained to step 2' in capsys.readouterr().out
   assert result['final_step'] == 2

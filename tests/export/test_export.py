@@ -7,6 +7,7 @@ import pathlib
 
 import numpy as np
 import pytest
+from flax import nnx
 from PIL import Image
 
 from deeplab_jax import cli, export
@@ -35,7 +36,8 @@ def official(shared_models_dir):
   testdata = shared_models_dir / 'testdata'
   pixels = np.asarray(Image.open(testdata / 'bird_257.png').convert('RGB'))
   images = (pixels[None].astype(np.float32) / 127.5 - 1).astype(np.float32)
-  logits = np.asarray(inference_view(model)(images))
+  logits = np.asarray(nnx.jit(lambda m, x: m(x))(inference_view(model),
+                                                 images))
   return config, model, path, pixels, images, logits
 
 
