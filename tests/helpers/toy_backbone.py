@@ -1,12 +1,15 @@
 """A two-convolution backbone for tests of the training machinery.
 
-tests/test_train.py's checkpoint, resume and fault-injection tests (kill -9,
-two trainers, SIGTERM) build, trace and start many trainers: with
-MobileNetV2's 17 blocks each trainer took 2.5x the CPU to start. What they
-test (locks, checkpoints, resume, data workers, non-finite steps) does not
-depend on the backbone, so they train this one; the parity tests keep
-MobileNetV2. `tests/models/backbones/test_registry.py` also takes it
-through the backbone seam.
+tests/test_train.py's checkpoint, resume, two-process and fault-injection
+tests (kill -9, two trainers, SIGTERM) build, trace and start many
+trainers: with MobileNetV2's 17 blocks each trainer took 2.5x the CPU to
+start. What they test (locks, checkpoints, resume, a cluster's shares of
+the batch, data workers, non-finite steps) does not depend on the
+backbone, so they train this one, as do the dataset and evaluation tests
+that train (tests/test_evaluate.py, tests/data/); the 1-vs-8-device and
+frozen-backbone tests keep MobileNetV2.
+`tests/models/backbones/test_registry.py` also takes it through the
+backbone seam.
 """
 
 import ml_collections
