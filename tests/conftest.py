@@ -21,12 +21,16 @@ else:
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(_CACHE))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
-# Tests run tiny inputs: compile time dominates, and LLVM's optimisations
-# (not correctness) are what level 0 skips. About 25% faster compiles.
-FAST_COMPILE = '--xla_backend_optimization_level=0'
-if FAST_COMPILE not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' +
-                             FAST_COMPILE).strip()
+# Tests run tiny inputs: compile time dominates. LLVM's optimisations (not
+# correctness) are what level 0 skips; XLA:CPU's older fusion emitters
+# generate the same computations and compile faster (a tiny MobileNetV2
+# train step: 8.3 s -> 7.6 s with level 0, -> 5.8-6.3 s with both).
+FAST_COMPILE = ('--xla_backend_optimization_level=0',
+                '--xla_cpu_use_fusion_emitters=false')
+for _flag in FAST_COMPILE:
+  if _flag.split('=')[0] not in os.environ.get('XLA_FLAGS', ''):
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' +
+                               _flag).strip()
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
