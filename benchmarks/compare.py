@@ -29,8 +29,14 @@ timed steps each, so that the peers alternate and share the machine's
 drift. It prints the median, min-max and the ratio ours/peer of the
 medians, the machine and thread counts.
 
+--one_at_a_time instead starts, warms up, times and stops each worker in
+turn every round, so that only the one being timed is resident. On this
+2-core, 23 GB machine the resident peer slowed ours (batch 8) from 8.4 to
+12.3 s a step while PyTorch went from 8.7 to 9.7 s: compare both modes.
+
     --only=train,infer,tflite[,train_resnet50]   --batch_sizes=4,8   --crop=513
     --rounds=3 --steps=3        --threads=2          --json=OUT.json
+    --one_at_a_time             --xla_variants=';--xla_cpu_...'
 """
 
 from __future__ import annotations
@@ -364,30 +370,49 @@ def compare(args) -> list[dict]:
         f'every framework; python {platform.python_version()}')
   print(f'{args.rounds} rounds x {args.steps} timed steps each, alternating;'
         ' median (min-max); ratio = ours / peer (< 1: ours faster)\n')
+  if args.one_at_a_time:
+    print('one at a time: each round starts, warms up, times and stops each '
+          'worker in turn (no other worker resident while one is timed)\n')
   variants = args.xla_variants.split(';') if args.xla_variants else None
   results = []
   for label, peers in _scenarios(args):
-    workers = []
-    try:
-      for name, argv in peers:
-        if name == 'ours' and variants:
-          # One worker per XLA_FLAGS variant, to measure a lever.
-          for flags in variants:
-            flagged = dict(env, XLA_FLAGS=flags)
-            workers.append(Worker(f'ours[{flags or "default"}]', argv,
-                                  flagged))
-          continue
-        workers.append(Worker(name, argv, env))
-      times = {w.name: [] for w in workers}
-      peaks = {}
+    specs = []  # (name, argv, env) of each worker.
+    for name, argv in peers:
+      if name == 'ours' and variants:
+        # One worker per XLA_FLAGS variant, to measure a lever.
+        for flags in variants:
+          specs.append((f'ours[{flags or "default"}]', argv,
+                        dict(env, XLA_FLAGS=flags)))
+        continue
+      specs.append((name, argv, env))
+    times = {name: [] for name, _, _ in specs}
+    peaks = {}
+    if args.one_at_a_time:
+      infos = {}
       for _ in range(args.rounds):
+        for name, argv, worker_env in specs:
+          w = Worker(name, argv, worker_env)
+          try:
+            reply = w.run(args.steps)
+          finally:
+            w.close()
+          times[name] += reply['seconds']
+          peaks[name] = reply['peak_bytes']
+          infos[name] = w
+      workers = [infos[name] for name, _, _ in specs]
+    else:
+      workers = []
+      try:
+        for name, argv, worker_env in specs:
+          workers.append(Worker(name, argv, worker_env))
+        for _ in range(args.rounds):
+          for w in workers:
+            reply = w.run(args.steps)
+            times[w.name] += reply['seconds']
+            peaks[w.name] = reply['peak_bytes']
+      finally:
         for w in workers:
-          reply = w.run(args.steps)
-          times[w.name] += reply['seconds']
-          peaks[w.name] = reply['peak_bytes']
-    finally:
-      for w in workers:
-        w.close()
+          w.close()
     medians = {name: statistics.median(t) for name, t in times.items()}
     print(f'{label}')
     for w in workers:
@@ -431,6 +456,10 @@ def main() -> None:
   parser.add_argument('--tflite', default=str(OFFICIAL_FLOAT_257))
   parser.add_argument('--torch_channels_last', action='store_true')
   parser.add_argument('--json', default=None, help='also write the times')
+  parser.add_argument('--one_at_a_time', action='store_true',
+                      help='start and stop each worker per round, so that '
+                      'no other framework is resident while one is timed '
+                      '(slower: every round compiles again)')
   parser.add_argument('--xla_variants', default=None,
                       help="';'-separated XLA_FLAGS values: one 'ours' "
                       'worker each, e.g. ";--xla_cpu_use_xnnpack=true"')

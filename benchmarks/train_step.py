@@ -26,6 +26,11 @@ def main():
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--dtype', default=None, choices=[None, 'float32',
                                                         'bfloat16'])
+  parser.add_argument('--train_batch_norm', action='store_true',
+                      help='BatchNorm on batch statistics at any batch size '
+                      '(below config.train.batch_norm_min_batch images per '
+                      'device it is frozen by default), as compare.py runs '
+                      'it against PyTorch')
   parser.add_argument('--depthwise_impl', default=None,
                       choices=[None, 'auto', 'shifted', 'native'])
   args = parser.parse_args()
@@ -36,6 +41,8 @@ def main():
     config.model.dtype = args.dtype
   if args.depthwise_impl:
     config.model.depthwise_impl = args.depthwise_impl
+  if args.train_batch_norm:
+    config.train.batch_norm_min_batch = 1
   trainer = train.Trainer(config, num_steps=1000)
   trainer.place()
   rng = np.random.default_rng(0)
@@ -56,7 +63,8 @@ def main():
   seconds = (time.perf_counter() - start) / args.steps
   print(f'{args.config}: {jax.device_count()} x {jax.devices()[0].device_kind}'
         f' ({jax.default_backend()}), batch {args.batch_size}, crop {crop}, '
-        f'{config.model.dtype}, depthwise {config.model.depthwise_impl}')
+        f'{config.model.dtype}, depthwise {config.model.depthwise_impl}; '
+        f'{trainer.batch_norm_reason}')
   print(f'compile + first step {compile_seconds:.1f} s; {1 / seconds:.3f} '
         f'steps/s ({args.batch_size / seconds:.2f} images/s, '
         f'{seconds:.2f} s/step)')
