@@ -235,6 +235,22 @@ def voc_train_config(data_dir, manual_dir, **train_overrides):
   return config
 
 
+def train_two_steps(config, data_dir, workdir, crop_size):
+  """`config` (a shipped config with the test's model) trained for two steps
+  of batch 2 on `crop_size` crops and evaluated at step 2, in this process,
+  its TFDS build in `data_dir`; returns cli.run's result."""
+  from deeplab_jax import cli  # pylint: disable=g-import-not-at-top
+  config.data.data_dir = str(data_dir)
+  config.data.num_workers = 0
+  config.data.crop_size = crop_size
+  config.train.batch_size = 2
+  config.train.num_steps = 2
+  config.train.eval_every_steps = 2
+  result = cli.run(config, mode='train', workdir=str(workdir))
+  assert result['final_step'] == 2
+  return result
+
+
 # The longest tests and groups (about a minute or more each on two cores),
 # started first: pytest-xdist hands tests out in collection order, and a
 # long test drawn last would leave one worker idle while the other

@@ -72,7 +72,6 @@ def one_and_eight_devices(tmp_path_factory):
   return one, eight
 
 
-@pytest.mark.xdist_group('device_parity')  # Its fixture runs once.
 def test_one_device_and_eight_devices_take_the_same_step(
     one_and_eight_devices):
   one, eight = one_and_eight_devices

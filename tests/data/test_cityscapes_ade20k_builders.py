@@ -12,6 +12,7 @@ from PIL import Image
 from deeplab_jax.config import default_config
 from deeplab_jax.data import augment, datasets, pipeline
 from deeplab_jax.errors import DatasetError
+from tests.conftest import train_two_steps
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -158,16 +159,9 @@ def test_summary_and_two_training_steps(dataset, voc_sample_dir, tmp_path,
   assert 'total' in capsys.readouterr().out
   config = toy_model(config)
   config.data.manual_dir = str(tmp_path / 'manual')
-  config.data.data_dir = str(tmp_path / 'tfds')
-  config.data.num_workers = 0
-  config.data.crop_size = 65
-  config.train.batch_size = 2
-  config.train.num_steps = 2
-  config.train.eval_every_steps = 2
   config.eval.crop_size = 257  # The photos are at most 250 x 250.
-  result = cli.run(config, mode='train', workdir=str(tmp_path / 'run'))
+  train_two_steps(config, tmp_path / 'tfds', tmp_path / 'run', crop_size=65)
   assert 'Trained to step 2' in capsys.readouterr().out
-  assert result['final_step'] == 2
   # The eval at step 2 scored the val files over the dataset's classes.
   metrics = json.loads((tmp_path / 'run' / 'eval' / 'metrics.json'
                         ).read_text())

@@ -15,6 +15,7 @@ from deeplab_jax.config import default_config
 from deeplab_jax.data import datasets, folder_builder, pipeline, voc
 from deeplab_jax.errors import DatasetError
 from deeplab_jax.weights import pretrained
+from tests.conftest import train_two_steps
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 VOID = (224, 224, 192)  # VOC's cream colour for 255 (ignore).
@@ -243,21 +244,14 @@ def test_main_trains_two_steps_on_a_folder(tmp_path, capsys, toy_model):
   """configs/folder.py as a user runs it: the classes come from the folder
   (num_classes = 0), a 2-step run trains and evaluates (a toy backbone:
   the data is tested)."""
-  from deeplab_jax import cli  # pylint: disable=g-import-not-at-top
   from deeplab_jax.config import load_config_file  # pylint: disable=g-import-not-at-top
   folder = _scenes(tmp_path / 'mine', count=8)
   (folder / 'classes.txt').write_text('sky\nroad\ncar\n')
   config = toy_model(load_config_file(str(REPO / 'configs' / 'folder.py')))
   assert config.model.num_classes == 0
   config.data.folder = str(folder)
-  config.data.data_dir = str(tmp_path / 'tfds')
-  config.train.num_steps = 2
-  config.train.batch_size = 2
-  config.data.crop_size = 33
-  config.data.num_workers = 0
   config.data.val_fraction = 0.25
-  config.train.eval_every_steps = 2
-  cli.run(config, mode='train', workdir=str(tmp_path / 'run'))
+  train_two_steps(config, tmp_path / 'tfds', tmp_path / 'run', crop_size=33)
   assert 'Trained to step 2' in capsys.readouterr().out
   assert '"sky"' in (tmp_path / 'run' / 'eval' / 'metrics.json').read_text()
 
