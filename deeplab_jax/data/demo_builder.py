@@ -55,12 +55,20 @@ def _contrasting_colour(rng: np.random.Generator,
       return colour
 
 
-def _texture(rng: np.random.Generator, size: int, cls: int) -> np.ndarray:
-  """[size, size, 3] float: a two-colour pattern of the class's family
-  (disk: stripes, square: checker, triangle: dots) at a random angle, scale
-  and phase, plus pixel noise. The family is a local cue that takes a patch,
-  not a pixel, to read; the outline's shape is a second, global one."""
-  yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+def _texture(rng: np.random.Generator, size: int, cls: int,
+             region: np.ndarray) -> np.ndarray:
+  """[count, 3] float: the pixels of `region` ([size, size] bool, `count`
+  of them True) in a two-colour pattern of the class's family (disk:
+  stripes, square: checker, triangle: dots) at a random angle, scale and
+  phase, plus pixel noise. The family is a local cue that takes a patch,
+  not a pixel, to read; the outline's shape is a second, global one.
+
+  Only the region's pixels are computed (elementwise, so they equal the
+  whole texture's pixels there), but the noise is drawn for the whole
+  square: the random stream, and so every later scene, stays the same.
+  """
+  yy, xx = np.nonzero(region)
+  yy, xx = yy.astype(np.float32), xx.astype(np.float32)
   angle = rng.uniform(0, np.pi)
   u = np.cos(angle) * xx + np.sin(angle) * yy + rng.uniform(0, 50)
   v = -np.sin(angle) * xx + np.cos(angle) * yy + rng.uniform(0, 50)
@@ -79,7 +87,7 @@ def _texture(rng: np.random.Generator, size: int, cls: int) -> np.ndarray:
   base = _colour(rng)
   second = _contrasting_colour(rng, base)
   tex = base * (1 - weight[..., None]) + second * weight[..., None]
-  return tex + rng.normal(0, 10, size=(size, size, 3))
+  return tex + rng.normal(0, 10, size=(size, size, 3))[region]
 
 
 def _shape_mask(rng: np.random.Generator, cls: int, size: int) -> np.ndarray:
@@ -117,7 +125,7 @@ def render_scene(seed: int | tuple[int, ...], size: int = IMAGE_SIZE
   for _ in range(rng.integers(2, 5)):
     cls = int(rng.integers(1, NUM_CLASSES))
     region = _shape_mask(rng, cls, size)
-    image[region] = _texture(rng, size, cls)[region]
+    image[region] = _texture(rng, size, cls, region)
     label[region] = cls  # Later shapes occlude earlier ones.
   # Ignore band: pixels whose 3x3 neighbourhood holds another label.
   padded = np.pad(label, 1, mode='edge')

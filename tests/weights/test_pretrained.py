@@ -187,9 +187,10 @@ def test_fine_tuning_an_official_model_keeps_it(voc_prepared,
                                                 shared_models_dir, tmp_path):
   """Imported with folded BatchNorm and trained at batch 4, the model's
   BatchNorm is frozen automatically, so fine-tuning keeps its accuracy
-  (with batch statistics the val mIoU fell from 0.78 to 0.08 in 60 steps)."""
+  (with batch statistics and the backbone trained, the sample mIoU falls
+  from 0.61 to 0.08 in these 12 steps)."""
   from deeplab_jax import checkpoints, cli, train  # pylint: disable=g-import-not-at-top
-  config = _fine_tune_config(voc_prepared, shared_models_dir, steps=30)
+  config = _fine_tune_config(voc_prepared, shared_models_dir, steps=12)
   frozen, reason, warning = train.batch_norm_policy(config, devices=1)
   assert frozen and warning is None and 'folded' in reason
   # And its backbone, which has no normalisation left (the dm0.5 quantized
