@@ -133,8 +133,9 @@ class Evaluator:
     # step(states, images, labels) -> (uint8 predictions, confusion) for
     # padded images; probabilities(states, images) -> [N, H, W, C] for
     # `eval.resize_to_crop`, scored on the host at the original size.
-    self._step = jax.jit(step, in_shardings=(None, data, data))
-    self._probabilities = jax.jit(probabilities, in_shardings=(None, data))
+    self._step = inference.jit(step, in_shardings=(None, data, data))
+    self._probabilities = inference.jit(probabilities,
+                                        in_shardings=(None, data))
     if config.eval.runtime != 'jax':  # An exported file, on the host.
       from deeplab_jax.export import runtimes  # pylint: disable=import-outside-toplevel
       run = runtimes.make_runtime(config)

@@ -52,12 +52,15 @@ def make_segmenter(model: nnx.Module | None,
       return np.argmax(probs, -1).astype(np.uint8), np.max(probs, -1)
   else:
     graphdef, state = nnx.split(inference_view(model))
+    # The weights as a flat list, flattened once: jit flattens an nnx.State
+    # at every call (0.7 ms of a 13 ms photo at 257 on 2 cores).
+    state, treedef = jax.tree.flatten(state)
 
-    @jax.jit
+    @inference.jit
     def run(state, image):
       probs = inference.predict_probabilities(
-          nnx.merge(graphdef, state), image[None], scales=scales,
-          flip=config.eval.flip)[0]
+          nnx.merge(graphdef, jax.tree.unflatten(treedef, state)),
+          image[None], scales=scales, flip=config.eval.flip)[0]
       return jnp.argmax(probs, -1).astype(jnp.uint8), jnp.max(probs, -1)
 
   def segment(photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

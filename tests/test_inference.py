@@ -64,3 +64,28 @@ def test_to_original_size_equals_tf_align_corners_resize_then_argmax():
   clear = margin > 1e-5  # Pixels whose argmax float rounding cannot flip.
   assert clear.mean() > 0.99
   np.testing.assert_array_equal(ours[clear], expected.argmax(-1)[clear])
+
+
+def test_inference_programs_use_xla_matrix_products_on_cpu(monkeypatch):
+  """inference.jit (eval, predict, benchmarks) asks XLA:CPU for its own
+  matrix products instead of YNNPACK's: same values, no YNNPACK fusion
+  in the compiled program; an XLA without the option gets none."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(300, 64)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(64, 96)), jnp.float32)
+  fn = lambda x, w: jax.nn.relu(x @ w)
+  assert inference.compiler_options() == {
+      'xla_cpu_experimental_ynn_fusion_type': ''}
+  ours = inference.jit(fn)
+  plain = jax.jit(fn)
+  np.testing.assert_allclose(ours(x, w), plain(x, w), rtol=1e-5, atol=1e-5)
+  assert '__ynn_fusion' in plain.lower(x, w).compile().as_text()
+  assert '__ynn_fusion' not in ours.lower(x, w).compile().as_text()
+  monkeypatch.setattr(inference, '_CPU_INFERENCE_OPTIONS',
+                      {'xla_cpu_no_such_option': ''})
+  inference.compiler_options.cache_clear()
+  try:
+    assert inference.compiler_options() == {}
+  finally:
+    monkeypatch.undo()
+    inference.compiler_options.cache_clear()

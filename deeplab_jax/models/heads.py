@@ -25,7 +25,7 @@ from jax import lax
 
 from deeplab_jax.errors import WeightImportError
 from deeplab_jax.models.layers import (ConvBN, LayerOptions, SeparableConvBN,
-                                       resize_bilinear)
+                                       native_ops_active, resize_bilinear)
 
 Array = jax.Array
 
@@ -51,12 +51,6 @@ def scale_rates(rates: Sequence[int], multiplier: float) -> tuple[int, ...]:
   return tuple(max(1, int(round(r * multiplier))) for r in rates)
 
 
-def _image_pooling(x: Array, conv: ConvBN) -> Array:
-  """Global average pool -> 1x1 conv -> resize back (align corners)."""
-  pooled = conv(jnp.mean(x, axis=(1, 2), keepdims=True))
-  return resize_bilinear(pooled, x.shape[1:3])
-
-
 class _ConcatProjection(nnx.Module):
   """The tail ASPP and the DPC share: concat the branches -> [dropout] ->
   `concat_projection` (1x1, BN, ReLU) -> [dropout]."""
@@ -80,7 +74,26 @@ class _ConcatProjection(nnx.Module):
       return x
     return self.dropout(x, rngs=rngs)
 
-  def _merge(self, branches: list[Array], rngs: nnx.Rngs | None) -> Array:
+  def _merge(self, branches: list[Array], rngs: nnx.Rngs | None,
+             pooled: Array | None = None) -> Array:
+    """Concatenate `pooled` ([N, 1, 1, C], broadcast over H and W: image
+    pooling, the reference's first branch) and `branches` ([N, H, W, C]
+    each), and project.
+
+    Without dropout on the concatenation the broadcast is never built:
+    `project_concatenation` projects the pooled part once per image.
+    Exports (`layers.native_ops()`) keep the plain concat and 1x1 conv.
+    """
+    plain = native_ops_active() or (
+        self.dropout_on_concat and not self.dropout.deterministic)
+    if pooled is not None and not plain:
+      x = self.concat_projection.project_concatenation([pooled, *branches])
+      if self.dropout_on_projection:
+        x = self._dropout(x, rngs)
+      return x
+    if pooled is not None:
+      # Align corners from one pixel: the same vector at every pixel.
+      branches = [resize_bilinear(pooled, branches[0].shape[1:3]), *branches]
     x = jnp.concatenate(branches, axis=-1)
     if self.dropout_on_concat:
       x = self._dropout(x, rngs)
@@ -132,12 +145,13 @@ class ASPP(_ConcatProjection):
   def __call__(self, features: Array, *, rngs: nnx.Rngs | None = None
                ) -> Array:
     """[N, h, w, C_in] backbone features -> [N, h, w, projection_channels]."""
-    branches = []
-    if self.image_pooling is not None:
-      branches.append(_image_pooling(features, self.image_pooling))
-    branches.append(self.aspp0(features))
+    pooled = None
+    if self.image_pooling is not None:  # Global average pool -> 1x1 conv.
+      pooled = self.image_pooling(jnp.mean(features, axis=(1, 2),
+                                           keepdims=True))
+    branches = [self.aspp0(features)]
     branches.extend(branch(features) for branch in self.atrous)
-    return self._merge(branches, rngs)
+    return self._merge(branches, rngs, pooled)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -141,3 +141,58 @@ def test_explicit_conv_rate_multiplier_wins():
       tiny_model_config(**{'head.conv_rate_multiplier': 3}), output_stride=8))
   got = tuple(b.depthwise.conv.kernel_dilation[0] for b in model.head.atrous)
   assert got == (18, 36, 54)
+
+
+def test_image_pooling_is_projected_once_and_trains_like_the_concat():
+  """ASPP projects its image-pooling branch once per image
+  (`ConvBN.project_concatenation`), not broadcast and concatenated: in
+  training mode (batch statistics) the output, every gradient and the new
+  moving statistics equal the plain concat + 1x1 conv that exports trace
+  (`layers.native_ops()`)."""
+  from deeplab_jax.models import layers  # pylint: disable=g-import-not-at-top
+  aspp = ASPP(6, channels=4, projection_channels=5, atrous_rates=(2,),
+              dropout_rate=0.0, rngs=nnx.Rngs(0))
+  _randomise_batch_norm(aspp, 2)
+  x = jax.random.normal(jax.random.PRNGKey(3), (2, 9, 8, 6))
+  target = jax.random.normal(jax.random.PRNGKey(4), (2, 9, 8, 5))
+
+  def loss(module, x):
+    view = nnx.view(module, deterministic=True, use_running_average=False)
+    return jnp.sum(view(x) * target)
+
+  results = []
+  for native in (False, True):
+    module = nnx.clone(aspp)
+    if native:
+      with layers.native_ops():
+        value, (grads, dx) = nnx.value_and_grad(loss, argnums=(0, 1))(
+            module, x)
+    else:
+      value, (grads, dx) = nnx.value_and_grad(loss, argnums=(0, 1))(
+          module, x)
+    stats = nnx.state(module, nnx.BatchStat)
+    results.append((value, nnx.to_pure_dict(grads), dx,
+                    nnx.to_pure_dict(stats)))
+  (v0, g0, dx0, s0), (v1, g1, dx1, s1) = results
+  np.testing.assert_allclose(v0, v1, rtol=1e-5)
+  np.testing.assert_allclose(dx0, dx1, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+               g0, g1)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+               s0, s1)
+  # The statistics did move (training mode), and every kernel has a
+  # gradient, the image-pooling slice of the projection's included.
+  assert not np.allclose(s0['concat_projection']['bn']['mean'],
+                         np.asarray(aspp.concat_projection.bn.mean[...]))
+  kernel_grad = g0['concat_projection']['conv']['kernel'][0, 0]
+  assert np.abs(kernel_grad[:4]).min() > 0 and np.abs(kernel_grad[4:]).max() > 0
+
+
+def test_project_concatenation_needs_a_1x1_conv_and_all_channels():
+  from deeplab_jax.models.layers import ConvBN  # pylint: disable=g-import-not-at-top
+  conv3 = ConvBN(4, 2, 3, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match='1x1 stride-1'):
+    conv3.project_concatenation([jnp.ones((1, 3, 3, 4))])
+  conv1 = ConvBN(4, 2, 1, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match='for a conv of 4 inputs'):
+    conv1.project_concatenation([jnp.ones((1, 3, 3, 3))])

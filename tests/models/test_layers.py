@@ -181,6 +181,37 @@ def test_resize_bilinear_align_corners_matches_numpy(in_hw, out_hw):
   np.testing.assert_allclose(got[:, -1, -1], x[:, -1, -1], atol=1e-6)
 
 
+@pytest.mark.parametrize('in_hw,out_hw', [((5, 4), (17, 13)),
+                                          ((9, 7), (3, 5)), ((1, 1), (4, 6))])
+def test_resize_bilinear_gradient_is_the_adjoint_of_numpy(in_hw, out_hw):
+  """The gathers' custom VJP (a matrix product, not a scatter): for the
+  linear map R, <R x, g> = <x, R^T g> with R the NumPy loop above."""
+  rng = np.random.default_rng(1)
+  g = rng.normal(size=(2, *out_hw, 3))
+  dx = jax.grad(lambda x: jnp.sum(layers.resize_bilinear(x, out_hw) * g))(
+      jnp.zeros((2, *in_hw, 3), jnp.float32))
+  for _ in range(2):
+    x = rng.normal(size=(2, *in_hw, 3))
+    np.testing.assert_allclose(
+        np.sum(_numpy_align_corners(x, *out_hw) * g),
+        np.sum(x * np.asarray(dx, np.float64)), rtol=1e-5)
+
+
+def test_resize_bilinear_in_exports_is_the_matrix_product():
+  """Inside `native_ops()` (exports) the same resize traces to matrix
+  products, no gathers, and gives the same values."""
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(1, 33, 33, 21)),
+                  jnp.float32)
+  fast = jax.jit(lambda x: layers.resize_bilinear(x, (257, 257)))
+  fast_text, fast_out = fast.lower(x).as_text(), fast(x)
+  with layers.native_ops():
+    plain = jax.jit(lambda x: layers.resize_bilinear(x, (257, 257)))
+    plain_text, plain_out = plain.lower(x).as_text(), plain(x)
+  np.testing.assert_allclose(fast_out, plain_out, atol=1e-5)
+  assert 'gather' in fast_text and 'dot_general' not in fast_text
+  assert 'gather' not in plain_text and 'dot_general' in plain_text
+
+
 def test_align_corners_differs_from_jax_image_resize_half_pixel():
   x = jnp.arange(16.0).reshape(1, 4, 4, 1)
   ours = layers.resize_bilinear(x, (7, 7))
