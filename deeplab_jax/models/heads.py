@@ -87,7 +87,11 @@ class _ConcatProjection(nnx.Module):
     plain = native_ops_active() or (
         self.dropout_on_concat and not self.dropout.deterministic)
     if pooled is not None and not plain:
-      x = self.concat_projection.project_concatenation([pooled, *branches])
+      # One product for the per-pixel branches (one large contraction runs
+      # faster than several small ones), one per image for the pooled part.
+      spatial = (jnp.concatenate(branches, axis=-1) if len(branches) > 1
+                 else branches[0])
+      x = self.concat_projection.project_concatenation([pooled, spatial])
       if self.dropout_on_projection:
         x = self._dropout(x, rngs)
       return x

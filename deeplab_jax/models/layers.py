@@ -207,8 +207,7 @@ def native_ops_active() -> bool:
 
 
 def _cpu_rewrites() -> bool:
-  return (jax.default_backend() == 'cpu' and
-          not getattr(_NATIVE_ONLY, 'value', False))
+  return jax.default_backend() == 'cpu' and not native_ops_active()
 
 
 def _is_nhwc(dimension_numbers) -> bool:
@@ -229,7 +228,7 @@ def _shifted_conv_general_dilated(lhs, rhs, window_strides, padding,
   to the native op unchanged.
   """
   channels = lhs.shape[-1]
-  if getattr(_NATIVE_ONLY, 'value', False):
+  if native_ops_active():
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
