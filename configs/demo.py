@@ -7,17 +7,18 @@ eval/metrics.json, eval/confusion_matrix.png and eval/images/ in the workdir:
     python main.py --config=configs/demo.py --workdir=runs/demo --mode=predict --images=DIR
 
 Measured here (2 CPU cores, no GPU, the README's command, dataset already
-generated): 1,000 steps in 4.0 min end to end (5.5 steps/s at the end),
-eval mIoU 0.8199, pixel accuracy 0.9591 on the 128 validation scenes
-(2026-11-26, after the gathered-rows resize and the once-per-image
-image-pooling projection; before them 4.6 min, mIoU 0.7643; before 1x1
-convs became matrix products on CPU 5.5 min, mIoU 0.8069). Generating the
-dataset the first time adds about 8 s. Training is deterministic for a given machine and versions,
-but this small run's mIoU moves by several points with float rounding
-(the same earlier code gave 0.8680 in another environment): read it as
-"the pipeline learns", not as a benchmark.
-Evaluating again with one Evaluator: 4.0 s the first time (2.1 s of it
-compiling), 1.0 s the second (no compilation).
+generated, 2026-11-26): 1,000 steps in 4.0 min end to end (5.5 steps/s at
+the end), eval mIoU 0.8199, pixel accuracy 0.9591 on the 128 validation
+scenes, the eval itself 7.4 s (1.9 s of it compiling). Before the
+gathered-rows resize and the once-per-image image-pooling projection:
+4.6 min, mIoU 0.7643; before 1x1 convs became matrix products on CPU:
+5.5 min, mIoU 0.8069. Generating the dataset the first time adds about
+8 s. Training is deterministic for a given machine and versions, but this
+small run's mIoU moves by several points with float rounding (the same
+earlier code gave 0.8680 in another environment): read it as "the
+pipeline learns", not as a benchmark. Evaluating again with one Evaluator
+(earlier code): 4.0 s the first time (2.1 s of it compiling), 1.0 s the
+second (no compilation).
 """
 
 from deeplab_jax.config import default_config

@@ -426,13 +426,17 @@ def interpolation_matrix(in_size: int, out_size: int,
 _AXIS_EINSUMS = {1: 'oh,nhwc->nowc', 2: 'pw,nhwc->nhpc'}
 
 
+def _apply_along_axis(m: np.ndarray, x: Array, axis: int) -> Array:
+  """[out, in] matrix m applied to axis 1 or 2 of [N, H, W, C] x."""
+  return jnp.einsum(_AXIS_EINSUMS[axis], jnp.asarray(m, x.dtype), x,
+                    precision=lax.Precision.HIGHEST)
+
+
 def _resize_axis_by_matrix(x: Array, axis: int, out_size: int,
                            align_corners: bool) -> Array:
   """[N, H, W, C] resampled along axis 1 or 2 by its interpolation matrix."""
-  m = jnp.asarray(interpolation_matrix(x.shape[axis], out_size,
-                                       align_corners), x.dtype)
-  return jnp.einsum(_AXIS_EINSUMS[axis], m, x,
-                    precision=lax.Precision.HIGHEST)
+  return _apply_along_axis(
+      interpolation_matrix(x.shape[axis], out_size, align_corners), x, axis)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
@@ -462,11 +466,8 @@ def _resize_axis_fwd(x, axis, out_size, align_corners):
 
 
 def _resize_axis_bwd(axis, out_size, align_corners, in_size, g):
-  del out_size
-  m = jnp.asarray(interpolation_matrix(in_size, g.shape[axis],
-                                       align_corners).T, g.dtype)
-  return (jnp.einsum(_AXIS_EINSUMS[axis], m, g,
-                     precision=lax.Precision.HIGHEST),)
+  matrix = interpolation_matrix(in_size, out_size, align_corners)
+  return (_apply_along_axis(matrix.T, g, axis),)
 
 
 _resize_axis.defvjp(_resize_axis_fwd, _resize_axis_bwd)
