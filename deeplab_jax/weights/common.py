@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -20,6 +21,17 @@ def assign(variable: nnx.Variable, value: np.ndarray, name: str) -> None:
   # Replaces the value: the variable may be abstract (a model built with
   # nnx.eval_shape, which the file fills completely).
   variable.set_value(jnp.asarray(value, dtype=variable.get_value().dtype))
+
+
+def check_filled(module: nnx.Module, source: str) -> None:
+  """WeightImportError unless `source` filled every array of `module` (one
+  built with nnx.eval_shape, which leaves shapes until a value is set)."""
+  empty = ['/'.join(map(str, key)) for key, value in nnx.to_flat_state(
+      nnx.state(module)) if isinstance(value.get_value(), jax.ShapeDtypeStruct)]
+  if empty:
+    raise WeightImportError(
+        f'{source} left {len(empty)} arrays of the model unset (first: '
+        f'{empty[0]}): the file does not describe this model.')
 
 
 def set_batch_norm(bn: nnx.BatchNorm, name: str, *, gamma=None, beta=None,

@@ -23,10 +23,11 @@ from flax import nnx
 
 from deeplab_jax.checkpoints import module_weights
 from deeplab_jax.errors import MissingDependencyError, WeightImportError
+from deeplab_jax.models.jax_compat import quick_sharding_probes
 from deeplab_jax.models.layers import ConvBN, LayerOptions
 from deeplab_jax.models.backbones.mobilenet_v2 import MobileNetV2
 from deeplab_jax.models.backbones.resnet import ResNetV1
-from deeplab_jax.weights.common import assign, set_batch_norm
+from deeplab_jax.weights.common import assign, check_filled, set_batch_norm
 
 
 def _keras_weights(keras_model: Any) -> dict[str, np.ndarray]:
@@ -164,10 +165,11 @@ def imagenet_backbone_weights(model_config: Any, weights: str = 'imagenet'
   if name == ResNetV1.name:
     b = model_config.backbone
     _check_keras_resnet_layout(b.layout, b.stem)
-    backbone = ResNetV1(depth=b.depth, stem=b.stem, layout=b.layout,
-                        output_stride=32, rngs=nnx.Rngs(0))
+    backbone = nnx.eval_shape(quick_sharding_probes(lambda: ResNetV1(
+        depth=b.depth, stem=b.stem, layout=b.layout, output_stride=32,
+        rngs=nnx.Rngs(0))))
     load_keras_resnet(backbone, keras_resnet(b.depth, weights=weights))
-    return module_weights(backbone, prefix=('backbone',))
+    return _filled_weights(backbone, weights)
   if name != MobileNetV2.name:
     raise WeightImportError(
         f"Keras publishes no ImageNet weights for backbone {name!r}: "
@@ -184,8 +186,17 @@ def imagenet_backbone_weights(model_config: Any, weights: str = 'imagenet'
         f'Keras rounds MobileNetV2 widths to multiples of 8 at alpha {alpha}; '
         "set config.model.backbone.channel_rounding='keras' to load them.")
   keras_model = keras_mobilenet_v2(alpha, weights=weights)
-  backbone = MobileNetV2(depth_multiplier=alpha, channel_rounding='keras',
-                         output_stride=32, options=LayerOptions(),
-                         rngs=nnx.Rngs(0))
+  backbone = nnx.eval_shape(quick_sharding_probes(lambda: MobileNetV2(
+      depth_multiplier=alpha, channel_rounding='keras', output_stride=32,
+      options=LayerOptions(), rngs=nnx.Rngs(0))))
   load_keras_mobilenet_v2(backbone, keras_model)
+  return _filled_weights(backbone, weights)
+
+
+def _filled_weights(backbone: nnx.Module, weights: str
+                    ) -> dict[tuple[str, ...], np.ndarray]:
+  """The backbone's arrays, which the Keras model must have filled: it is
+  built with nnx.eval_shape (shapes only; initialising ResNet-101's 42M
+  random weights first took 2.5 s on two cores)."""
+  check_filled(backbone, f'Keras weights {weights!r}')
   return module_weights(backbone, prefix=('backbone',))

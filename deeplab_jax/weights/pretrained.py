@@ -21,7 +21,6 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-import jax
 import numpy as np
 from absl import logging
 
@@ -34,6 +33,7 @@ from deeplab_jax.models import backbones, create_model
 from deeplab_jax.models.deeplab import LOGITS_TF_SCOPE
 from deeplab_jax.weights import keras as keras_weights
 from deeplab_jax.weights import tf_checkpoint, tflite
+from deeplab_jax.weights.common import check_filled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,7 +247,7 @@ def load_model_file(path: str, config: Any):
   else:
     tf_checkpoint.load_into(model, tf_checkpoint.read_checkpoint(path),
                             str(path))
-  _check_filled(model, path)
+  check_filled(model, path)
   return model
 
 
@@ -257,15 +257,6 @@ def _abstract_model(config: Any):
   model's load on two CPU cores, all of it compiling initialisers)."""
   return nnx.eval_shape(lambda: create_model(
       config.model, output_stride=config.eval.output_stride))
-
-
-def _check_filled(module: nnx.Module, path: str) -> None:
-  empty = ['/'.join(map(str, key)) for key, value in nnx.to_flat_state(
-      nnx.state(module)) if isinstance(value.get_value(), jax.ShapeDtypeStruct)]
-  if empty:
-    raise WeightImportError(
-        f'{path} left {len(empty)} arrays of the model unset (first: '
-        f'{empty[0]}): the file does not describe this model.')
 
 
 def _is_tf_checkpoint(path: str) -> bool:
@@ -306,7 +297,7 @@ def read_init_weights(source: str, config: Any
     model = _abstract_model(config)
     tf_checkpoint.load_into(model, tf_checkpoint.read_checkpoint(path), path,
                             backbone_only=True)
-    _check_filled(model.backbone, path)
+    check_filled(model.backbone, path)
     return checkpoints.module_weights(model.backbone, prefix=('backbone',))
   if path.endswith('.tflite') or _is_tf_checkpoint(path):
     # Built with the file's own classifier, so that a config for other
