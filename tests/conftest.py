@@ -59,6 +59,15 @@ def shared_models_dir() -> pathlib.Path:
   return _require(MODELS, 'The official DeepLab TFLite models')
 
 
+def abstract(build):
+  """nnx.eval_shape(build): a module's structure and shapes, traced with
+  the probe create_model uses (deeplab_jax/models/jax_compat.py; a bare
+  Xception-65 traced in 2.7 s, 0.6 s with it)."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.models.jax_compat import with_quick_sharding_probe  # pylint: disable=g-import-not-at-top
+  return nnx.eval_shape(with_quick_sharding_probe(build))
+
+
 def randomize_keras_batch_norm(model, seed, gamma=(0.5, 1.5)):
   """Non-trivial BatchNorm statistics and affines for a Keras model, so that
   a weight mapping that mixes up BN variables shows."""

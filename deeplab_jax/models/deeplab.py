@@ -12,7 +12,7 @@ from deeplab_jax.models.backbones import Backbone, get_backbone
 from deeplab_jax.models.decoder import DeepLabV3PlusDecoder
 from deeplab_jax.models.heads import (ASPP, DensePredictionCell,
                                       effective_rate_multiplier, scale_rates)
-from deeplab_jax.models.jax_compat import quick_sharding_probes
+from deeplab_jax.models.jax_compat import with_quick_sharding_probe
 from deeplab_jax.models.layers import ConvBN, LayerOptions, resize_bilinear
 
 Array = jax.Array
@@ -83,7 +83,7 @@ class DeepLab(nnx.Module):
     return scopes
 
 
-@quick_sharding_probes  # Traced whole by nnx.eval_shape: see jax_compat.
+@with_quick_sharding_probe  # Traced whole by nnx.eval_shape: see jax_compat.
 def create_model(model_config: Any, *, output_stride: int | None = None,
                  rngs: nnx.Rngs | None = None) -> DeepLab:
   """Builds the model `config.model` describes.

@@ -59,7 +59,7 @@ def quick_sharding_probe() -> Iterator[None]:
         tracer.sharding = original
 
 
-def quick_sharding_probes(build: F) -> F:
+def with_quick_sharding_probe(build: F) -> F:
   """`build` (a model constructor) run under `quick_sharding_probe()`."""
 
   @functools.wraps(build)

@@ -23,7 +23,7 @@ from flax import nnx
 
 from deeplab_jax.checkpoints import module_weights
 from deeplab_jax.errors import MissingDependencyError, WeightImportError
-from deeplab_jax.models.jax_compat import quick_sharding_probes
+from deeplab_jax.models.jax_compat import with_quick_sharding_probe
 from deeplab_jax.models.layers import ConvBN, LayerOptions
 from deeplab_jax.models.backbones.mobilenet_v2 import MobileNetV2
 from deeplab_jax.models.backbones.resnet import ResNetV1
@@ -165,7 +165,7 @@ def imagenet_backbone_weights(model_config: Any, weights: str = 'imagenet'
   if name == ResNetV1.name:
     b = model_config.backbone
     _check_keras_resnet_layout(b.layout, b.stem)
-    backbone = nnx.eval_shape(quick_sharding_probes(lambda: ResNetV1(
+    backbone = nnx.eval_shape(with_quick_sharding_probe(lambda: ResNetV1(
         depth=b.depth, stem=b.stem, layout=b.layout, output_stride=32,
         rngs=nnx.Rngs(0))))
     load_keras_resnet(backbone, keras_resnet(b.depth, weights=weights))
@@ -186,14 +186,14 @@ def imagenet_backbone_weights(model_config: Any, weights: str = 'imagenet'
         f'Keras rounds MobileNetV2 widths to multiples of 8 at alpha {alpha}; '
         "set config.model.backbone.channel_rounding='keras' to load them.")
   keras_model = keras_mobilenet_v2(alpha, weights=weights)
-  backbone = nnx.eval_shape(quick_sharding_probes(lambda: MobileNetV2(
+  backbone = nnx.eval_shape(with_quick_sharding_probe(lambda: MobileNetV2(
       depth_multiplier=alpha, channel_rounding='keras', output_stride=32,
       options=LayerOptions(), rngs=nnx.Rngs(0))))
   load_keras_mobilenet_v2(backbone, keras_model)
   return _filled_weights(backbone, weights)
 
 
-def _filled_weights(backbone: nnx.Module, weights: str
+def _filled_weights(backbone: nnx.Module, weights: str | None
                     ) -> dict[tuple[str, ...], np.ndarray]:
   """The backbone's arrays, which the Keras model must have filled: it is
   built with nnx.eval_shape (shapes only; initialising ResNet-101's 42M

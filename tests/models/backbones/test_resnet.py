@@ -12,7 +12,8 @@ from deeplab_jax.errors import ConfigError, WeightImportError
 from deeplab_jax.models import backbones
 from deeplab_jax.models.backbones.resnet import ResNetV1, resnet_layout
 from deeplab_jax.weights import keras as keras_weights
-from tests.conftest import backbone_with_weights, randomize_keras_batch_norm
+from tests.conftest import (abstract, backbone_with_weights,
+                            randomize_keras_batch_norm)
 
 # Keras ResNet50 without its top: 23,534,592 trainable + 53,120 BN statistics.
 KERAS_RESNET50_PARAMETERS = 23_587_712
@@ -100,7 +101,7 @@ def test_reference_layout_strides_rates_and_multi_grid():
 @pytest.mark.parametrize('depth,stem', [(50, '7x7'), (101, 'beta')])
 @pytest.mark.parametrize('output_stride', [8, 16, 32])
 def test_reference_shapes_at_every_output_stride(depth, stem, output_stride):
-  backbone = nnx.eval_shape(lambda: ResNetV1(
+  backbone = abstract(lambda: ResNetV1(
       depth=depth, stem=stem, output_stride=output_stride, rngs=nnx.Rngs(0)))
   out = nnx.eval_shape(lambda b, x: b(x), backbone,
                        jax.ShapeDtypeStruct((1, 97, 66, 3), jnp.float32))
@@ -111,9 +112,9 @@ def test_reference_shapes_at_every_output_stride(depth, stem, output_stride):
 
 
 def test_reference_scopes_and_parameter_counts():
-  r50 = nnx.eval_shape(lambda: ResNetV1(depth=50, rngs=nnx.Rngs(0)))
-  r101b = nnx.eval_shape(lambda: ResNetV1(depth=101, stem='beta',
-                                          rngs=nnx.Rngs(0)))
+  r50 = abstract(lambda: ResNetV1(depth=50, rngs=nnx.Rngs(0)))
+  r101b = abstract(lambda: ResNetV1(depth=101, stem='beta',
+                                    rngs=nnx.Rngs(0)))
   scopes = r50.tf_scopes()
   # 1 stem + 16 units x 3 convs + 4 projection shortcuts.
   assert len(scopes) == 1 + 16 * 3 + 4

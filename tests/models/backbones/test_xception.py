@@ -17,6 +17,7 @@ from deeplab_jax.models.backbones.xception import Xception65
 from deeplab_jax.models.layers import ConvBN
 from deeplab_jax.weights import pretrained, tf_checkpoint
 from deeplab_jax.weights.common import check_filled
+from tests.conftest import abstract
 
 EPS = 1e-3  # The reference's Xception BatchNorm epsilon.
 
@@ -162,14 +163,13 @@ def xception_config():
 
 def test_zoo_archive_loads_every_variable_and_matches_numpy(tmp_path):
   config = xception_config()
-  abstract = nnx.eval_shape(lambda: create_model(config.model,
-                                                 output_stride=16))
-  variables = zoo_variables(abstract, np.random.default_rng(0))
+  # Abstract: an array the file does not fill stays a shape (check_filled).
+  model = nnx.eval_shape(lambda: create_model(config.model,
+                                              output_stride=16))
+  variables = zoo_variables(model, np.random.default_rng(0))
   archive = write_zoo_archive(variables, tmp_path / 'deeplabv3_pascal_x65')
 
-  # Every variable of the file is used, and every layer of the model filled
-  # (the abstract model: an array the file missed would stay a shape).
-  model = abstract
+  # Every variable of the file is used, and every layer of the model filled.
   read = tf_checkpoint.read_checkpoint(archive)
   used = tf_checkpoint.load_into(model, read, str(archive))
   assert sorted(used) == sorted(variables)
@@ -207,8 +207,8 @@ def test_zoo_archive_loads_every_variable_and_matches_numpy(tmp_path):
 
 @pytest.mark.parametrize('output_stride', [8, 16, 32])
 def test_output_shapes_for_odd_sizes(output_stride):
-  backbone = nnx.eval_shape(lambda: Xception65(output_stride=output_stride,
-                                               rngs=nnx.Rngs(0)))
+  backbone = abstract(lambda: Xception65(output_stride=output_stride,
+                                         rngs=nnx.Rngs(0)))
   for h, w in [(33, 33), (65, 47)]:
     out = nnx.eval_shape(lambda b, x: b(x), backbone,
                          jax.ShapeDtypeStruct((2, h, w, 3), jnp.float32))
@@ -218,9 +218,9 @@ def test_output_shapes_for_odd_sizes(output_stride):
 
 
 def test_atrous_rates_at_output_stride_8():
-  backbone = nnx.eval_shape(lambda: Xception65(output_stride=8,
-                                               multi_grid=(1, 2, 4),
-                                               rngs=nnx.Rngs(0)))
+  backbone = abstract(lambda: Xception65(output_stride=8,
+                                         multi_grid=(1, 2, 4),
+                                         rngs=nnx.Rngs(0)))
   rates = {u.scope: (u.stride, u.rates) for u in backbone.layouts}
   assert rates['entry_flow/block2/unit_1'] == (2, (1, 1, 1))
   assert rates['entry_flow/block3/unit_1'] == (1, (1, 1, 1))
