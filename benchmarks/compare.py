@@ -113,7 +113,7 @@ class OursInfer:
     from flax import nnx
     from deeplab_jax import inference
     from deeplab_jax.config import load_config_file
-    from deeplab_jax.models import create_model, inference_view
+    from deeplab_jax.models import create_model
     from deeplab_jax.weights.pretrained import config_for
     if pretrained:
       config = config_for(pretrained)
@@ -124,15 +124,14 @@ class OursInfer:
     config.model.dtype = dtype
     model = create_model(config.model, output_stride=output_stride,
                          rngs=nnx.Rngs(0))
-    graphdef, state = nnx.split(model)
-    # What predict runs: moving BatchNorm statistics, the weights as
-    # arguments flattened once, compiled by inference.jit (on CPU, XLA's
-    # own matrix products rather than YNNPACK's). (Folding BatchNorm into
-    # the convs, models.fold_batch_norm, measured no faster on XLA:CPU: XLA
-    # fuses the affine into the activation's pass either way.)
+    # What predict runs: the inference copy with BatchNorm folded into the
+    # convolutions (inference.folded), its weights as arguments flattened
+    # once, compiled by inference.jit (on CPU, XLA's own matrix products
+    # rather than YNNPACK's).
+    graphdef, state = nnx.split(inference.folded(model))
     state, treedef = jax.tree.flatten(state)
-    forward = inference.jit(lambda state, x: inference_view(
-        nnx.merge(graphdef, jax.tree.unflatten(treedef, state)))(x))
+    forward = inference.jit(lambda state, x: nnx.merge(
+        graphdef, jax.tree.unflatten(treedef, state))(x))
     images = jax.device_put(np.random.default_rng(0).uniform(
         -1, 1, (batch, crop, crop, 3)).astype(np.float32))
     self.run = lambda: jax.block_until_ready(forward(state, images))

@@ -18,7 +18,7 @@ import functools
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -37,7 +37,7 @@ from deeplab_jax.compile_stats import CompileCounter
 from deeplab_jax.data import pipeline
 from deeplab_jax.data.datasets import class_names, dataset_spec
 from deeplab_jax.errors import CheckpointError
-from deeplab_jax.models import backbones, create_model, inference_view
+from deeplab_jax.models import backbones, create_model, fold_batch_norm
 
 
 class Progress:
@@ -150,24 +150,41 @@ class Evaluator:
       self._step = host_step
 
   @functools.cached_property
-  def graphdef(self) -> nnx.GraphDef:
-    """The inference model's structure at `config.eval.output_stride`.
+  def _trained_graphdef(self) -> nnx.GraphDef:
+    """The model's structure at `config.eval.output_stride`, as trained
+    (its weights are what `evaluate` is given).
 
-    Built on first use (tracing the model's construction takes seconds):
+    Built on first use (tracing the model's construction takes a moment):
     a training run whose first evaluation is far off, or never comes,
     does not wait for it at start-up.
     """
-    abstract = nnx.eval_shape(lambda: create_model(
-        self.config.model, output_stride=self.config.eval.output_stride))
-    return nnx.graphdef(inference_view(abstract))
+    return nnx.graphdef(nnx.eval_shape(lambda: create_model(
+        self.config.model, output_stride=self.config.eval.output_stride)))
+
+  @functools.cached_property
+  def graphdef(self) -> nnx.GraphDef:
+    """The evaluated model's structure: the inference copy with BatchNorm
+    folded into the convolutions (`inference.folded`)."""
+    return nnx.graphdef(nnx.eval_shape(lambda: fold_batch_norm(create_model(
+        self.config.model, output_stride=self.config.eval.output_stride))))
+
+  @functools.cached_property
+  def _fold(self) -> Callable[[tuple[Any, ...]], Any]:
+    """Weight states -> the folded model's state, compiled once per
+    Evaluator: new weights (the next checkpoint) fold without compiling."""
+    def fold(states):
+      return nnx.state(fold_batch_norm(nnx.merge(self._trained_graphdef,
+                                                 *states)))
+    return jax.jit(fold, out_shardings=self._replicated)
 
   def _states(self, weights: Any) -> tuple[Any, ...]:
-    """Replicated weight states from a model or a tuple of nnx.States."""
+    """The folded model's replicated state, from a model or a tuple of
+    nnx.States (e.g. (params, batch_stats))."""
     if weights is None:  # eval.runtime: the exported file has them.
       return ()
     states = ((nnx.state(weights),) if isinstance(weights, nnx.Module)
               else tuple(weights))
-    return jax.device_put(states, self._replicated)
+    return (self._fold(jax.device_put(states, self._replicated)),)
 
   def evaluate(self, weights: Any, *, workdir: str | None,
                step: int | None = None, writer: Any | None = None,

@@ -13,7 +13,9 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from deeplab_jax.models.deeplab import fold_batch_norm
 from deeplab_jax.models.layers import (interpolation_taps, resize_bilinear,
                                        scale_dimension)
 
@@ -44,6 +46,21 @@ def jit(fn: Callable, **kwargs) -> Callable:
   """`jax.jit` for an inference program (eval, predict, benchmarks), with
   `compiler_options()`."""
   return jax.jit(fn, compiler_options=compiler_options(), **kwargs)
+
+
+def folded(model: nnx.Module) -> nnx.Module:
+  """`fold_batch_norm(model)`: the inference copy with BatchNorm folded
+  into the convolutions, computed by one compiled program (0.7 s for
+  MobileNetV2; each of its small ops compiling on its own took 2.8 s).
+
+  Eval and predict fold once and run the folded copy: weights that do not
+  change between images need no BatchNorm arithmetic in the per-image
+  program, which computed rsqrt(var + eps) * gamma for each of MobileNetV2's
+  53 BatchNorms at every call, one small kernel each (113 -> 60 kernels;
+  the official dm0.5 257 model 10.64 -> 10.00 ms on 2 cores, its logits
+  within 2e-5).
+  """
+  return nnx.jit(fold_batch_norm)(model)
 
 
 def predict_probabilities(model, images: jax.Array, *,
