@@ -23,11 +23,17 @@ def assign(variable: nnx.Variable, value: np.ndarray, name: str) -> None:
   variable.set_value(jnp.asarray(value, dtype=variable.get_value().dtype))
 
 
+def unset_arrays(module: nnx.Module) -> list[str]:
+  """Paths of `module`'s arrays that are still shapes (a module built with
+  nnx.eval_shape, before weights fill it)."""
+  return ['/'.join(map(str, key)) for key, value in nnx.to_flat_state(
+      nnx.state(module)) if isinstance(value.get_value(), jax.ShapeDtypeStruct)]
+
+
 def check_filled(module: nnx.Module, source: str) -> None:
   """WeightImportError unless `source` filled every array of `module` (one
   built with nnx.eval_shape, which leaves shapes until a value is set)."""
-  empty = ['/'.join(map(str, key)) for key, value in nnx.to_flat_state(
-      nnx.state(module)) if isinstance(value.get_value(), jax.ShapeDtypeStruct)]
+  empty = unset_arrays(module)
   if empty:
     raise WeightImportError(
         f'{source} left {len(empty)} arrays of the model unset (first: '

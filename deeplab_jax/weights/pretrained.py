@@ -328,7 +328,14 @@ def load_into_model(model: nnx.Module, source: str, config: Any, *,
                     scope: str = 'model') -> dict:
   """Copies the weights of `source` (see `read_init_weights`) whose path and
   shape match into `model`, in place; returns copy_matching's report."""
-  weights = read_init_weights(source, config)
+  return copy_into_model(model, read_init_weights(source, config), scope)
+
+
+def copy_into_model(model: nnx.Module,
+                    weights: dict[tuple[str, ...], np.ndarray],
+                    scope: str = 'model') -> dict:
+  """`weights` ({('params' | 'batch_stats', path...): array}) whose path and
+  shape match, copied into `model` in place; copy_matching's report."""
   params, batch_stats, report = checkpoints.copy_matching(
       nnx.state(model, nnx.Param), nnx.state(model, nnx.BatchStat), weights,
       scope=scope)

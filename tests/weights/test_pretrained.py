@@ -274,3 +274,44 @@ def test_zoo_imagenet_backbone_checkpoint_fills_the_backbone(tmp_path,
   config.model.backbone.stem = '7x7'
   with pytest.raises(WeightImportError, match="stem='beta'"):
     pretrained.read_init_weights(name, config)
+
+
+def test_inference_model_from_a_file_builds_no_random_model(
+    shared_models_dir, monkeypatch, caplog):
+  """eval/predict/export with init_from: the file fills an abstract model
+  (no random initialisation first); a file that leaves arrays unset (a
+  classifier for other classes) falls back to a random model for those,
+  with a warning that names them."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from deeplab_jax import checkpoints, cli  # pylint: disable=g-import-not-at-top
+  config = pretrained_config('mnv2_dm05_pascal_float_257')
+  config.train.init_from = str(shared_models_dir / FLOAT)
+  concrete_builds = []
+  real_create_model = cli.create_model
+
+  def spy(*args, **kwargs):
+    model = real_create_model(*args, **kwargs)  # Traced or concrete.
+    concrete_builds.append(not isinstance(model.logits.kernel.get_value(),
+                                          jax.core.Tracer))
+    return model
+  monkeypatch.setattr(cli, 'create_model', spy)
+  with caplog.at_level('WARNING'):
+    model, step = cli.inference_model(config, None)
+  assert step is None and concrete_builds == [False]
+  assert 'random initialisation' not in caplog.text
+  expected = pretrained.read_init_weights(config.train.init_from, config)
+  got = checkpoints.module_weights(model)
+  assert set(got) == set(expected)
+  assert all(np.array_equal(got[k], expected[k]) for k in expected)
+
+  config.model.num_classes = 2  # The file's classifier has 21.
+  concrete_builds.clear()
+  with caplog.at_level('WARNING'):
+    model, _ = cli.inference_model(config, None)
+  assert concrete_builds == [False, True]
+  assert 'keep their random initialisation' in caplog.text
+  assert 'logits' in caplog.text
+  got = checkpoints.module_weights(model)
+  assert got[('params', 'logits', 'kernel')].shape[-1] == 2
+  assert all(np.array_equal(got[k], expected[k]) for k in expected
+             if 'logits' not in k)
