@@ -145,14 +145,25 @@ def _saved(workdir, step):
   return raw, data
 
 
-def test_four_steps_equal_two_plus_restart_plus_two(voc_config, tmp_path):
+def test_four_steps_equal_two_plus_restart_plus_two(voc_config, tmp_path,
+                                                  monkeypatch):
   # Runs of 30 steps (the poly schedule's length) cut short after step 4.
   straight = tmp_path / 'straight'
   config = voc_config.copy_and_resolve_references()
   assert train.train(config, str(straight), stop_after=4)['final_step'] == 4
   split = tmp_path / 'split'
   assert train.train(config, str(split), stop_after=2)['final_step'] == 2
+  # The resumed run never builds a random initial state (only its shapes).
+  built = []
+  real = train.Trainer._initial_state
+
+  def initial_state(self):
+    state = real(self)
+    built.append(not isinstance(state.step, jax.core.Tracer))
+    return state
+  monkeypatch.setattr(train.Trainer, '_initial_state', initial_state)
   train.train(config, str(split), stop_after=4)  # Resumes from step 2.
+  assert built == [False], built
   for step in (2, 4):
     (weights_a, data_a), (weights_b, data_b) = (_saved(straight, step),
                                                 _saved(split, step))
