@@ -67,7 +67,9 @@ def run(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   # Imported here so that --help answers without loading JAX.
-  from deeplab_jax import cli, distributed  # pylint: disable=import-outside-toplevel
+  from deeplab_jax import cli, compilation_cache, distributed  # pylint: disable=import-outside-toplevel
+  from deeplab_jax.weights import pretrained  # pylint: disable=import-outside-toplevel
+  compilation_cache.enable(pretrained.cache_dir())
   if FLAGS.distributed or FLAGS.coordinator_address:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id)
