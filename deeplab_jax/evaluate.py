@@ -150,23 +150,26 @@ class Evaluator:
       self._step = host_step
 
   @functools.cached_property
-  def _trained_graphdef(self) -> nnx.GraphDef:
-    """The model's structure at `config.eval.output_stride`, as trained
+  def _abstract_model(self) -> nnx.Module:
+    """The model at `config.eval.output_stride`, shapes only, as trained
     (its weights are what `evaluate` is given).
 
     Built on first use (tracing the model's construction takes a moment):
     a training run whose first evaluation is far off, or never comes,
     does not wait for it at start-up.
     """
-    return nnx.graphdef(nnx.eval_shape(lambda: create_model(
-        self.config.model, output_stride=self.config.eval.output_stride)))
+    return nnx.eval_shape(lambda: create_model(
+        self.config.model, output_stride=self.config.eval.output_stride))
+
+  @functools.cached_property
+  def _trained_graphdef(self) -> nnx.GraphDef:
+    return nnx.graphdef(self._abstract_model)
 
   @functools.cached_property
   def graphdef(self) -> nnx.GraphDef:
     """The evaluated model's structure: the inference copy with BatchNorm
     folded into the convolutions (`inference.folded`)."""
-    return nnx.graphdef(nnx.eval_shape(lambda: fold_batch_norm(create_model(
-        self.config.model, output_stride=self.config.eval.output_stride))))
+    return nnx.graphdef(nnx.eval_shape(fold_batch_norm, self._abstract_model))
 
   @functools.cached_property
   def _fold(self) -> Callable[[tuple[Any, ...]], Any]:
