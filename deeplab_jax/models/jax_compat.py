@@ -24,6 +24,7 @@ import threading
 from typing import Any, Callable, Iterator, TypeVar
 
 import jax
+from flax import nnx
 
 _LOCK = threading.RLock()
 _DEPTH = 0
@@ -67,3 +68,10 @@ def with_quick_sharding_probe(build: F) -> F:
     with quick_sharding_probe():
       return build(*args, **kwargs)
   return wrapper  # type: ignore[return-value]
+
+
+def abstract(build: Callable[[], Any]) -> Any:
+  """nnx.eval_shape(build) under `quick_sharding_probe()`: the module
+  `build` makes, shapes only (for constructors other than create_model,
+  which has the probe already)."""
+  return nnx.eval_shape(with_quick_sharding_probe(build))

@@ -23,7 +23,7 @@ from flax import nnx
 
 from deeplab_jax.checkpoints import module_weights
 from deeplab_jax.errors import MissingDependencyError, WeightImportError
-from deeplab_jax.models.jax_compat import with_quick_sharding_probe
+from deeplab_jax.models.jax_compat import abstract
 from deeplab_jax.models.layers import ConvBN, LayerOptions
 from deeplab_jax.models.backbones.mobilenet_v2 import MobileNetV2
 from deeplab_jax.models.backbones.resnet import ResNetV1
@@ -165,9 +165,9 @@ def imagenet_backbone_weights(model_config: Any, weights: str = 'imagenet'
   if name == ResNetV1.name:
     b = model_config.backbone
     _check_keras_resnet_layout(b.layout, b.stem)
-    backbone = nnx.eval_shape(with_quick_sharding_probe(lambda: ResNetV1(
+    backbone = abstract(lambda: ResNetV1(
         depth=b.depth, stem=b.stem, layout=b.layout, output_stride=32,
-        rngs=nnx.Rngs(0))))
+        rngs=nnx.Rngs(0)))
     load_keras_resnet(backbone, keras_resnet(b.depth, weights=weights))
     return _filled_weights(backbone, weights)
   if name != MobileNetV2.name:
@@ -186,9 +186,9 @@ def imagenet_backbone_weights(model_config: Any, weights: str = 'imagenet'
         f'Keras rounds MobileNetV2 widths to multiples of 8 at alpha {alpha}; '
         "set config.model.backbone.channel_rounding='keras' to load them.")
   keras_model = keras_mobilenet_v2(alpha, weights=weights)
-  backbone = nnx.eval_shape(with_quick_sharding_probe(lambda: MobileNetV2(
+  backbone = abstract(lambda: MobileNetV2(
       depth_multiplier=alpha, channel_rounding='keras', output_stride=32,
-      options=LayerOptions(), rngs=nnx.Rngs(0))))
+      options=LayerOptions(), rngs=nnx.Rngs(0)))
   load_keras_mobilenet_v2(backbone, keras_model)
   return _filled_weights(backbone, weights)
 
