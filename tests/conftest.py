@@ -9,16 +9,16 @@ import tempfile
 
 os.environ.setdefault('KERAS_BACKEND', 'jax')
 # Many tests (and their subprocesses) compile the same train and eval steps:
-# share compiled programs through JAX's persistent cache for this session,
-# one folder for all pytest-xdist workers of a run (xdist gives them one
-# run id).
-_RUN_ID = os.environ.get('PYTEST_XDIST_TESTRUNUID')
-if _RUN_ID:
-  _CACHE = pathlib.Path(tempfile.gettempdir()) / f'deeplab-jax-cache-{_RUN_ID}'
-  _CACHE.mkdir(exist_ok=True)
-else:
-  _CACHE = tempfile.mkdtemp(prefix='deeplab-jax-cache-')
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(_CACHE))
+# share compiled programs through JAX's persistent cache for this run. The
+# process that imports this first (pytest itself, or xdist's controller)
+# makes the folder and exports it; xdist's workers and the tests'
+# subprocesses inherit it, and the same process removes it when pytest
+# ends (each run left 36 MB in /tmp before). A folder the user chose with
+# JAX_COMPILATION_CACHE_DIR is used and kept.
+_OWNED_CACHE = None
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _OWNED_CACHE = tempfile.mkdtemp(prefix='deeplab-jax-cache-')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _OWNED_CACHE
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 # Tests run tiny inputs: compile time dominates. LLVM's optimisations (not
@@ -33,6 +33,13 @@ for _flag in FAST_COMPILE:
                                _flag).strip()
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def pytest_unconfigure(config):
+  del config  # Unused.
+  if _OWNED_CACHE:
+    shutil.rmtree(_OWNED_CACHE, ignore_errors=True)
+
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / 'shared'
