@@ -317,8 +317,9 @@ class Worker:
       self.process.wait()
 
 
-def _scenarios(args) -> list[tuple[str, list[tuple[str, list[str]]]]]:
-  """(label, [(name, worker argv)]) per comparison; ours first."""
+def _scenarios(args) -> list[tuple[str, int, list[tuple[str, list[str]]]]]:
+  """(label, images per call, [(name, worker argv)]) per comparison; ours
+  first."""
   common = ['--threads', str(args.threads), '--device', args.device,
             '--crop', str(args.crop)]
   if args.torch_channels_last:
@@ -331,13 +332,15 @@ def _scenarios(args) -> list[tuple[str, list[tuple[str, list[str]]]]]:
       for batch in args.batch_sizes.split(','):
         for dtype in dtypes:
           argv = common + ['--batch', batch, '--dtype', dtype]
-          scenarios.append((f'train{network} b{batch} {args.crop} {dtype}', [
+          scenarios.append((f'train{network} b{batch} {args.crop} {dtype}',
+                            int(batch), [
               ('ours', ['--worker', f'ours:{task}', *argv]),
               ('torch eager', ['--worker', f'torch:{task}', *argv])]))
     elif task == 'infer':
       for dtype in dtypes:
         argv = common + ['--batch', str(args.infer_batch), '--dtype', dtype]
-        scenarios.append((f'infer b{args.infer_batch} {args.crop} {dtype}', [
+        scenarios.append((f'infer b{args.infer_batch} {args.crop} {dtype}',
+                          args.infer_batch, [
             ('ours', ['--worker', 'ours:infer', *argv]),
             ('torch eager', ['--worker', 'torch:infer', *argv])]))
     elif task == 'tflite':
@@ -345,7 +348,7 @@ def _scenarios(args) -> list[tuple[str, list[tuple[str, list[str]]]]]:
         print(f'tflite: skipped, {args.tflite} not found (--tflite=PATH)')
         continue
       argv = common + ['--tflite', args.tflite]
-      scenarios.append(('official float 257 dm0.5 OS8', [
+      scenarios.append(('official float 257 dm0.5 OS8', 1, [
           ('ours', ['--worker', 'ours:tflite', *argv]),
           ('LiteRT', ['--worker', 'litert:tflite', *argv])]))
     else:
@@ -377,7 +380,7 @@ def compare(args) -> list[dict]:
           'worker in turn (no other worker resident while one is timed)\n')
   variants = args.xla_variants.split(';') if args.xla_variants else None
   results = []
-  for label, peers in _scenarios(args):
+  for label, images, peers in _scenarios(args):
     specs = []  # (name, argv, env) of each worker.
     for name, argv in peers:
       if name == 'ours' and variants:
@@ -420,7 +423,8 @@ def compare(args) -> list[dict]:
     for w in workers:
       t = times[w.name]
       line = (f'  {w.name:<12} {_fmt(medians[w.name]):>10} '
-              f'({_fmt(min(t))}-{_fmt(max(t))})  first call '
+              f'({_fmt(min(t))}-{_fmt(max(t))})  '
+              f'{images / medians[w.name]:.1f} img/s  first call '
               f'{w.info["setup_seconds"]:.1f} s  [{w.info["version"]}, '
               f'{w.info["device"]}]')
       if peaks.get(w.name):
@@ -430,7 +434,8 @@ def compare(args) -> list[dict]:
       for peer in (w for w in workers if not w.is_ours):
         print(f'  {ours.name}/{peer.name} = '
               f'{medians[ours.name] / medians[peer.name]:.2f}')
-    results.append({'scenario': label, 'medians': medians, 'times': times,
+    results.append({'scenario': label, 'images_per_call': images,
+                    'medians': medians, 'times': times,
                     'peak_bytes': peaks,
                     'info': {w.name: w.info for w in workers}})
     sys.stdout.flush()
