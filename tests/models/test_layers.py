@@ -268,15 +268,18 @@ def test_batch_norm_equals_flax_batch_norm_in_both_modes(dtype):
     assert moved == training
 
 
-@pytest.mark.parametrize('kernel,stride,rate,padding', [
-    (3, 1, 1, 'SAME'), (3, 2, 1, 'SAME'), (3, 2, 2, ((2, 2), (2, 2))),
-    (7, 2, 1, ((3, 3), (3, 3)))])
+@pytest.mark.parametrize('kernel,stride,rate,padding,channels', [
+    (3, 1, 1, 'SAME', 5), (3, 2, 1, 'SAME', 5),
+    (3, 2, 2, ((2, 2), (2, 2)), 5), (7, 2, 1, ((3, 3), (3, 3)), 5),
+    # RGB stems: 27 (tap, channel) pairs, broadcast multiply-adds.
+    (3, 2, 1, 'SAME', 3), (3, 2, 1, ((1, 1), (1, 1)), 3),
+    (3, 1, 2, 'SAME', 3), (7, 2, 1, 'SAME', 3)])
 def test_dense_conv_matches_native_values_and_gradients(kernel, stride, rate,
-                                                        padding):
+                                                        padding, channels):
   # The kernel gradient is one GEMM per tap over the slice the tap sees.
   kx, kw, kg = jax.random.split(jax.random.key(3), 3)
-  x = jax.random.normal(kx, (2, 10, 9, 5))
-  w = jax.random.normal(kw, (kernel, kernel, 5, 6))
+  x = jax.random.normal(kx, (2, 10, 9, channels))
+  w = jax.random.normal(kw, (kernel, kernel, channels, 6))
   def native(x, w):
     return lax.conv_general_dilated(
         x, w, (stride, stride), padding if padding == 'SAME' else list(
@@ -292,7 +295,12 @@ def test_dense_conv_matches_native_values_and_gradients(kernel, stride, rate,
   grads = [jax.vjp(f, x, w)[1](cotangent) for f in (native, ours)]
   np.testing.assert_allclose(grads[1][0], grads[0][0], atol=1e-4, rtol=1e-5)
   np.testing.assert_allclose(grads[1][1], grads[0][1], atol=2e-4, rtol=1e-5)
+  # The forward pass: XLA's convolution, or for at most 27 (tap, input
+  # channel) pairs none at all.
+  forward = str(jax.make_jaxpr(ours)(x, w))
+  broadcast = kernel * kernel * channels <= 27
+  assert ('conv_general_dilated' in forward) != broadcast
   # ConvBN routes dense kxk convs there on CPU.
   jaxpr = str(jax.make_jaxpr(lambda x: layers.ConvBN(
-      5, 6, 3, rngs=nnx.Rngs(0)).conv(x))(x))
+      channels, 6, 3, rngs=nnx.Rngs(0)).conv(x))(x))
   assert 'dense_conv' in jaxpr or 'custom_vjp_call' in jaxpr
