@@ -15,8 +15,9 @@
   kernel gradient is a GEMM (XLA:CPU's own is a whole-map convolution
   that ran at 2 GFLOP/s); other dense convolutions (`dense_conv`) keep
   XLA's forward (but the 3x3 RGB stems: broadcast multiply-adds) and input
-  gradient and take their kernel gradient as one GEMM per tap; `ConvBN.fold_batch_norm` folds BatchNorm into the
-  conv for inference-only copies (`models.fold_batch_norm`).
+  gradient and take their kernel gradient as one GEMM per tap;
+  `ConvBN.fold_batch_norm` folds BatchNorm into the conv for
+  inference-only copies (`models.fold_batch_norm`).
 * `resize_bilinear` has align-corners semantics (TF1
   `resize_bilinear(align_corners=True)`), which the reference uses
   everywhere; `jax.image.resize` uses half-pixel centres instead. Each axis
@@ -97,19 +98,29 @@ def _padded_geometry(hw, kernel_hw, strides, rates, padding='SAME'):
   return pads, out_hw
 
 
+def _padded_taps(x: Array, kernel_hw: tuple[int, int],
+                strides: tuple[int, int], rates: tuple[int, int],
+                padding: str | tuple = 'SAME'
+                ) -> list[tuple[tuple[int, int], Array]]:
+  """((i, j), the [N, H', W', C] slice of the zero-padded x that kernel
+  tap (i, j) meets at every output position) for each tap, row by row: a
+  kh x kw conv is sum over taps of slice (x) w[i, j]."""
+  kh, kw = kernel_hw
+  pads, out_hw = _padded_geometry(x.shape[1:3], (kh, kw), strides, rates,
+                                  padding)
+  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  return [((i, j), _tap_slice(xp, i, j, out_hw, strides, rates))
+          for i in range(kh) for j in range(kw)]
+
+
 def shifted_sum_autodiff(x, w, strides, rates, padding='SAME'):
   """The shifted-sum depthwise conv without the custom VJP (JAX autodiff
   differentiates it): what `shifted_depthwise_conv` computes, for
   benchmarks/depthwise.py's comparison of the two backward passes."""
-  kh, kw = w.shape[0], w.shape[1]
-  pads, out_hw = _padded_geometry(x.shape[1:3], (kh, kw), strides, rates,
-                                  padding)
-  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
   out = None
-  for i in range(kh):
-    for j in range(kw):
-      term = _tap_slice(xp, i, j, out_hw, strides, rates) * w[i, j, 0]
-      out = term if out is None else out + term
+  for (i, j), tap in _padded_taps(x, w.shape[:2], strides, rates, padding):
+    term = tap * w[i, j, 0]
+    out = term if out is None else out + term
   return out
 
 
@@ -142,7 +153,6 @@ def _shifted_bwd(strides, rates, padding, residuals, g):
   kh, kw = w.shape[0], w.shape[1]
   h, wd = x.shape[1], x.shape[2]
   pads, out_hw = _padded_geometry((h, wd), (kh, kw), strides, rates, padding)
-  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
   # Kernel gradient: sum over N, H, W of (tap slice * g) for every tap, as
   # one variadic reduction so that XLA makes a single pass over x and g
   # (nine separate reductions are ~1.6x slower on XLA:CPU). It reduces over
@@ -151,8 +161,7 @@ def _shifted_bwd(strides, rates, padding, residuals, g):
   # and a reduction straight to [C] runs on one (3x slower at batch 4,
   # 129x129x304, on 2 cores).
   products = tuple(
-      _tap_slice(xp, i, j, out_hw, strides, rates) * g
-      for i in range(kh) for j in range(kw))
+      tap * g for _, tap in _padded_taps(x, (kh, kw), strides, rates, padding))
   rows = lax.reduce(products, tuple(jnp.zeros((), g.dtype) for _ in products),
                     lambda a, b: tuple(u + v for u, v in zip(a, b)), (2,))
   dw = jnp.stack([r.sum((0, 1)) for r in rows])
@@ -320,17 +329,11 @@ _BROADCAST_CONV_MAX_TERMS = 27
 def _broadcast_dense(x, w, strides, rates, padding):
   """`_native_dense` as sum over taps (i, j) and input channels c of
   x_tap[..., c] * w[i, j, c, :] (for few input channels)."""
-  kh, kw, c_in, _ = w.shape
-  pads, out_hw = _padded_geometry(x.shape[1:3], (kh, kw), strides, rates,
-                                  padding)
-  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
   out = None
-  for i in range(kh):
-    for j in range(kw):
-      tap = _tap_slice(xp, i, j, out_hw, strides, rates)
-      for c in range(c_in):
-        term = tap[..., c:c + 1] * w[i, j, c]
-        out = term if out is None else out + term
+  for (i, j), tap in _padded_taps(x, w.shape[:2], strides, rates, padding):
+    for c in range(w.shape[2]):
+      term = tap[..., c:c + 1] * w[i, j, c]
+      out = term if out is None else out + term
   return out
 
 
@@ -372,13 +375,10 @@ def _dense_bwd(strides, rates, padding, residuals, g):
   kh, kw, c_in, c_out = w.shape
   _, dx_fn = jax.vjp(lambda x: _native_dense(x, w, strides, rates, padding),
                      x)
-  pads, out_hw = _padded_geometry(x.shape[1:3], (kh, kw), strides, rates,
-                                  padding)
-  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
   g_rows = g.reshape(-1, c_out)
   dw = jnp.stack([
-      _tap_slice(xp, i, j, out_hw, strides, rates).reshape(-1, c_in).T
-      @ g_rows for i in range(kh) for j in range(kw)
+      tap.reshape(-1, c_in).T @ g_rows
+      for _, tap in _padded_taps(x, (kh, kw), strides, rates, padding)
   ]).reshape(kh, kw, c_in, c_out)
   return dx_fn(g)[0], dw.astype(w.dtype)
 
