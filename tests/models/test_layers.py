@@ -268,6 +268,24 @@ def test_batch_norm_equals_flax_batch_norm_in_both_modes(dtype):
     assert moved == training
 
 
+def test_rgb_stem_in_bfloat16_accumulates_in_float32():
+  """The broadcast stem sums 27 products in float32 and rounds once, as
+  XLA's bfloat16 convolution does: the result is the float32 conv rounded
+  to bfloat16 (within one bfloat16 step), not 27 roundings."""
+  kx, kw = jax.random.split(jax.random.key(4))
+  x = jax.random.uniform(kx, (2, 17, 17, 3), minval=-1, maxval=1)
+  w = jax.random.normal(kw, (3, 3, 3, 16)) * 0.3
+  x16, w16 = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+  got = layers.dense_conv(x16, w16, (2, 2), (1, 1), 'SAME')
+  assert got.dtype == jnp.bfloat16
+  want = lax.conv_general_dilated(
+      x16.astype(jnp.float32), w16.astype(jnp.float32), (2, 2), 'SAME',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      precision=lax.Precision.HIGHEST)
+  np.testing.assert_allclose(np.asarray(got, np.float32), want,
+                             rtol=2 ** -8, atol=1e-6)
+
+
 @pytest.mark.parametrize('kernel,stride,rate,padding,channels', [
     (3, 1, 1, 'SAME', 5), (3, 2, 1, 'SAME', 5),
     (3, 2, 2, ((2, 2), (2, 2)), 5), (7, 2, 1, ((3, 3), (3, 3)), 5),
