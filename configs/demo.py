@@ -6,13 +6,17 @@ eval/metrics.json, eval/confusion_matrix.png and eval/images/ in the workdir:
     python main.py --config=configs/demo.py --workdir=runs/demo
     python main.py --config=configs/demo.py --workdir=runs/demo --mode=predict --images=DIR
 
-Measured here (2 CPU cores, no GPU, the README's command on a fresh
-machine, the dataset generated in the run, 2026-11-27, a fast hour of this
-machine): 3.0 min end to end (7.4 steps/s at the end), eval mIoU 0.8645,
-pixel accuracy 0.9679 on the 128 validation scenes, the eval itself 6.3 s
-(1.8 s of it compiling; BatchNorm folded for eval). Earlier the same day,
-dataset already generated, a slower hour: 4.0 min (5.5 steps/s), mIoU
-0.8199, the eval 7.4 s (1.9 s compiling). Before the
+Measured here (2 CPU cores, no GPU), on the current code (the RGB stem
+as broadcast multiply-adds), `main.py` as above with the dataset already
+generated and an empty compilation cache, 2026-11-27, a slow hour of this
+machine: 3 min 51 s end to end (5.5 steps/s at the end), eval mIoU
+0.8760, pixel accuracy 0.9722, the eval 8.1 s (2.6 s compiling). Earlier
+that day (the README's command on a fresh machine, the dataset generated
+in the run, a fast hour, before the stem change): 3.0 min end to end (7.4
+steps/s at the end), eval mIoU 0.8645, pixel accuracy 0.9679 on the 128
+validation scenes, the eval itself 6.3 s (1.8 s of it compiling;
+BatchNorm folded for eval); in a slower hour, dataset already generated:
+4.0 min (5.5 steps/s), mIoU 0.8199, the eval 7.4 s. Before the
 gathered-rows resize and the once-per-image image-pooling projection:
 4.6 min, mIoU 0.7643; before 1x1 convs became matrix products on CPU:
 5.5 min, mIoU 0.8069. Generating the dataset the first time adds about
