@@ -6,12 +6,18 @@ eval/metrics.json, eval/confusion_matrix.png and eval/images/ in the workdir:
     python main.py --config=configs/demo.py --workdir=runs/demo
     python main.py --config=configs/demo.py --workdir=runs/demo --mode=predict --images=DIR
 
-Measured here (2 CPU cores, no GPU), on the current code (the RGB stem
-as broadcast multiply-adds), `main.py` as above with the dataset already
-generated and an empty compilation cache, 2026-11-27, a slow hour of this
-machine: 3 min 51 s end to end (5.5 steps/s at the end), eval mIoU
-0.8760, pixel accuracy 0.9722, the eval 8.1 s (2.6 s compiling). Earlier
-that day (the README's command on a fresh machine, the dataset generated
+Measured here (2 CPU cores, no GPU), on the current code (the initial
+state built by one compiled program), `main.py` as above with the dataset
+already generated and an empty compilation cache, 2026-11-27: 3 min 11 s
+end to end (6.9 steps/s at the end), eval mIoU 0.8485, pixel accuracy
+0.9645, the eval 6.7 s (2.2 s compiling); from the trainer's start to its
+first step 7.6 s. The code before, the same hour: 3 min 4 s (7.0 steps/s;
+the faster steps outweighed the start), mIoU 0.8760, pixel accuracy
+0.9722, 13.8 s to the first step (its initialisers ran eagerly; the
+initial weights differ from theirs by float rounding, at most 1.8e-7).
+Earlier that day, a slow hour of this machine, on the code before: 3 min
+51 s (5.5 steps/s), eval 8.1 s (2.6 s compiling). Earlier
+(the README's command on a fresh machine, the dataset generated
 in the run, a fast hour, before the stem change): 3.0 min end to end (7.4
 steps/s at the end), eval mIoU 0.8645, pixel accuracy 0.9679 on the 128
 validation scenes, the eval itself 6.3 s (1.8 s of it compiling;
