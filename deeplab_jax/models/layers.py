@@ -267,6 +267,39 @@ def _auto_conv_general_dilated(*args, **kwargs):
   return lax.conv_general_dilated(*args, **kwargs)
 
 
+@jax.custom_vjp
+def pointwise_dot(x: Array, kernel: Array) -> Array:
+  """x @ kernel over x's last axis ([..., C_in] x [C_in, C_out]), whose
+  kernel gradient is one product with the activations as its left operand.
+
+  JAX's own transpose of this dot hands XLA:CPU the kernel gradient with the
+  output gradient on the left and a transpose after it, and the product
+  library then copies an operand into the other layout first: 4x129x129,
+  64 -> 256 channels, the gradients took 291-293 ms that way and 92-102 ms
+  this way (1024 -> 256 at 65x65: 233 against 211 ms; same values within
+  7e-7 relative). The configs/voc.py train step, batch 4 at 513, 2 cores,
+  alternating in one process: 4.33 -> 3.87 s (median of 6); ResNet-50's
+  did not change (17.9 against 18.2 s). Same forward and input gradient as
+  autodiff.
+  """
+  return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _pointwise_dot_fwd(x, kernel):
+  return pointwise_dot(x, kernel), (x, kernel)
+
+
+def _pointwise_dot_bwd(residuals, g):
+  x, kernel = residuals
+  pixels = tuple(range(x.ndim - 1))
+  dx = lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())))
+  dkernel = lax.dot_general(x, g, ((pixels, pixels), ((), ())))
+  return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+pointwise_dot.defvjp(_pointwise_dot_fwd, _pointwise_dot_bwd)
+
+
 def _pointwise_conv_general_dilated(lhs, rhs, window_strides, padding,
                                     lhs_dilation=None, rhs_dilation=None,
                                     dimension_numbers=None,
@@ -289,6 +322,8 @@ def _pointwise_conv_general_dilated(lhs, rhs, window_strides, padding,
       all(d == 1 for d in (lhs_dilation or (1, 1))) and
       (padding in ('SAME', 'VALID') or
        all(tuple(p) == (0, 0) for p in padding)) and not kwargs):
+    if precision is None and preferred_element_type is None:
+      return pointwise_dot(lhs, rhs[0, 0])
     return lax.dot_general(
         lhs, rhs[0, 0], (((lhs.ndim - 1,), (0,)), ((), ())),
         precision=precision, preferred_element_type=preferred_element_type)
@@ -669,9 +704,13 @@ class ConvBN(nnx.Module):
     out, start = None, 0
     for part in parts:
       channels = part.shape[-1]
-      y = lax.dot_general(part, kernel[0, 0, start:start + channels],
-                          (((part.ndim - 1,), (0,)), ((), ())),
-                          precision=conv.precision)
+      part_kernel = kernel[0, 0, start:start + channels]
+      if _cpu_rewrites() and conv.precision is None:
+        y = pointwise_dot(part, part_kernel)
+      else:
+        y = lax.dot_general(part, part_kernel,
+                            (((part.ndim - 1,), (0,)), ((), ())),
+                            precision=conv.precision)
       out = y if out is None else out + y
       start += channels
     if bias is not None:

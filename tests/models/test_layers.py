@@ -268,6 +268,37 @@ def test_batch_norm_equals_flax_batch_norm_in_both_modes(dtype):
     assert moved == training
 
 
+@pytest.mark.parametrize('c_in,c_out', [(4, 12), (12, 4)])
+def test_pointwise_dot_gradients_are_numpys_with_the_activations_on_the_left(
+    c_in, c_out):
+  """1x1 convs on CPU: the product and both gradients against NumPy in
+  float64; the kernel gradient is one product with x on the left and no
+  transpose after it (JAX's own transpose of the dot has one), and bfloat16
+  inputs keep their dtype in both gradients."""
+  kx, kw, kg = jax.random.split(jax.random.key(7), 3)
+  x = jax.random.normal(kx, (2, 5, 3, c_in))
+  w = jax.random.normal(kw, (c_in, c_out))
+  g = jax.random.normal(kg, (2, 5, 3, c_out))
+  y, vjp = jax.vjp(layers.pointwise_dot, x, w)
+  dx, dw = vjp(g)
+  x64, w64, g64 = (np.asarray(a, np.float64) for a in (x, w, g))
+  np.testing.assert_allclose(y, x64 @ w64, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dx, g64 @ w64.T, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+      dw, x64.reshape(-1, c_in).T @ g64.reshape(-1, c_out), rtol=1e-5,
+      atol=1e-4)
+  def kernel_gradient(f):
+    return str(jax.make_jaxpr(lambda x, w: jax.vjp(f, x, w)[1](g)[1])(x, w))
+  plain = lambda x, w: lax.dot_general(x, w, (((3,), (0,)), ((), ())))
+  assert 'transpose' in kernel_gradient(plain)
+  assert 'transpose' not in kernel_gradient(layers.pointwise_dot)
+  x16, w16, g16 = (a.astype(jnp.bfloat16) for a in (x, w, g))
+  dx16, dw16 = jax.vjp(layers.pointwise_dot, x16, w16)[1](g16)
+  assert dx16.dtype == dw16.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(dw16, np.float32), dw, rtol=0.05,
+                             atol=0.1)
+
+
 def test_rgb_stem_in_bfloat16_accumulates_in_float32():
   """The broadcast stem sums 27 products in float32 and rounds once, as
   XLA's bfloat16 convolution does: the result is the float32 conv rounded
