@@ -316,7 +316,8 @@ def test_indivisible_batch_is_one_clear_message(tmp_path):
   assert 'Traceback' not in result.stderr
 
 
-def test_the_compiled_initial_state_is_the_eager_initialisers_one():
+def test_the_compiled_initial_state_is_the_eager_initialisers_one(
+    monkeypatch):
   """Trainer builds step 0 with one compiled program (on CPU at XLA's
   lowest optimisation level); its weights are the ones the initialisers
   give run eagerly from config.seed, up to float rounding (measured at
@@ -325,7 +326,17 @@ def test_the_compiled_initial_state_is_the_eager_initialisers_one():
   config.model = tiny_model_config(**{'num_classes': 5})
   config.seed = 3
   trainer = train.Trainer(config, num_steps=10)
+  jitted, real_jit = [], jax.jit
+
+  def spy(fun, **kwargs):
+    jitted.append((fun, kwargs))
+    return real_jit(fun, **kwargs)
+  monkeypatch.setattr(jax, 'jit', spy)
   state = trainer.state
+  monkeypatch.undo()
+  assert [(f, k) for f, k in jitted if f == trainer._build_initial_state] == [
+      (trainer._build_initial_state,
+       {'compiler_options': {'xla_backend_optimization_level': 0}})]
   eager = train.create_model(config.model, rngs=nnx.Rngs(config.seed))
   _, params, batch_stats = nnx.split(eager, nnx.Param, nnx.BatchStat)
   for built, reference in ((state.params, params),

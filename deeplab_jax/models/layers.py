@@ -300,6 +300,18 @@ def _pointwise_dot_bwd(residuals, g):
 pointwise_dot.defvjp(_pointwise_dot_fwd, _pointwise_dot_bwd)
 
 
+def _channel_dot(x: Array, kernel: Array, precision=None,
+                 preferred_element_type=None) -> Array:
+  """x @ kernel over x's last axis: `pointwise_dot` on CPU (where its
+  kernel gradient pays), else a plain dot with the given options."""
+  if (_cpu_rewrites() and precision is None and
+      preferred_element_type is None):
+    return pointwise_dot(x, kernel)
+  return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())),
+                         precision=precision,
+                         preferred_element_type=preferred_element_type)
+
+
 def _pointwise_conv_general_dilated(lhs, rhs, window_strides, padding,
                                     lhs_dilation=None, rhs_dilation=None,
                                     dimension_numbers=None,
@@ -322,11 +334,7 @@ def _pointwise_conv_general_dilated(lhs, rhs, window_strides, padding,
       all(d == 1 for d in (lhs_dilation or (1, 1))) and
       (padding in ('SAME', 'VALID') or
        all(tuple(p) == (0, 0) for p in padding)) and not kwargs):
-    if precision is None and preferred_element_type is None:
-      return pointwise_dot(lhs, rhs[0, 0])
-    return lax.dot_general(
-        lhs, rhs[0, 0], (((lhs.ndim - 1,), (0,)), ((), ())),
-        precision=precision, preferred_element_type=preferred_element_type)
+    return _channel_dot(lhs, rhs[0, 0], precision, preferred_element_type)
   if (_cpu_rewrites() and rhs.shape[:2] != (1, 1) and
       feature_group_count == 1 and _is_nhwc(dimension_numbers) and
       all(d == 1 for d in (lhs_dilation or (1, 1))) and
@@ -704,13 +712,8 @@ class ConvBN(nnx.Module):
     out, start = None, 0
     for part in parts:
       channels = part.shape[-1]
-      part_kernel = kernel[0, 0, start:start + channels]
-      if _cpu_rewrites() and conv.precision is None:
-        y = pointwise_dot(part, part_kernel)
-      else:
-        y = lax.dot_general(part, part_kernel,
-                            (((part.ndim - 1,), (0,)), ((), ())),
-                            precision=conv.precision)
+      y = _channel_dot(part, kernel[0, 0, start:start + channels],
+                       conv.precision)
       out = y if out is None else out + y
       start += channels
     if bias is not None:
