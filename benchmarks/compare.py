@@ -36,7 +36,8 @@ turn every round, so that only the one being timed is resident. On this
 
     --only=train,infer,tflite[,train_resnet50]   --batch_sizes=4,8   --crop=513
     --rounds=3 --steps=3 --infer_steps=20   --threads=2   --json=OUT.json
-    --one_at_a_time             --xla_variants=';--xla_cpu_...'
+    --one_at_a_time             --variants=';--xla_cpu_...;model.KEY=VALUE'
+    --trace=DIR                 (profiles of each worker, untimed)
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -67,7 +69,8 @@ def _pin(threads: int) -> None:
 class OursTrain:
 
   def __init__(self, batch: int, crop: int, dtype: str,
-               config_file: str = 'configs/voc.py'):
+               config_file: str = 'configs/voc.py',
+               overrides: tuple[str, ...] = ()):
     import jax
     import numpy as np
     from deeplab_jax import distributed, train
@@ -76,6 +79,7 @@ class OursTrain:
     config.train.batch_size = batch
     config.data.crop_size = crop
     config.model.dtype = dtype
+    _apply_overrides(config, overrides)
     # BatchNorm trains on batch statistics, as the peer's does.
     config.train.batch_norm_min_batch = 1
     self.trainer = train.Trainer(config, num_steps=100_000)
@@ -98,6 +102,25 @@ class OursTrain:
     return _jax_peak_bytes(self._jax)
 
 
+def _apply_overrides(config, overrides) -> None:
+  """'model.depthwise_impl=shifted' -> config.model.depthwise_impl; values
+  are Python literals where they parse as one, else strings."""
+  import ast
+  for item in overrides:
+    key, _, text = item.partition('=')
+    *parents, leaf = key.split('.')
+    node = config
+    for name in parents:
+      node = node[name]
+    if leaf not in node:
+      raise SystemExit(f'variant {item!r}: the config has no {key}')
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    node[leaf] = value
+
+
 def _jax_peak_bytes(jax):
   stats = jax.devices()[0].memory_stats() or {}
   return stats.get('peak_bytes_in_use')
@@ -107,7 +130,8 @@ class OursInfer:
   """The inference path: the model in inference mode, jitted once."""
 
   def __init__(self, batch: int, crop: int, dtype: str,
-               pretrained: str | None = None):
+               pretrained: str | None = None,
+               overrides: tuple[str, ...] = ()):
     import jax
     import numpy as np
     from flax import nnx
@@ -122,6 +146,7 @@ class OursInfer:
       config = load_config_file(str(REPO / 'configs/voc.py'))
       output_stride = config.model.output_stride
     config.model.dtype = dtype
+    _apply_overrides(config, overrides)
     model = create_model(config.model, output_stride=output_stride,
                          rngs=nnx.Rngs(0))
     # What predict runs: the inference copy with BatchNorm folded into the
@@ -199,6 +224,20 @@ class TorchWorker:
       return self.torch.cuda.max_memory_allocated()
     return None
 
+  def trace(self, path: pathlib.Path, steps: int) -> None:
+    """`steps` calls under torch.profiler; writes its table of kernels
+    and ops by self time (device time on a GPU) to `path`.txt."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = self.device.type == 'cuda'
+    activities = [ProfilerActivity.CPU] + (
+        [ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+      for _ in range(steps):
+        self()
+    sort_by = 'self_cuda_time_total' if cuda else 'self_cpu_time_total'
+    path.with_suffix('.txt').write_text(prof.key_averages().table(
+        sort_by=sort_by, row_limit=80, max_name_column_width=90))
+
 
 class _nothing:
   def __enter__(self):
@@ -239,14 +278,16 @@ def worker_main(args) -> None:
       raise SystemExit('--device=gpu but JAX sees no GPU: pip install '
                        '"jax[cuda12]".')
     if task == 'train':
-      work = OursTrain(args.batch, args.crop, args.dtype)
+      work = OursTrain(args.batch, args.crop, args.dtype,
+                       overrides=args.set)
     elif task == 'train_resnet50':
       work = OursTrain(args.batch, args.crop, args.dtype,
-                       'configs/voc_resnet50.py')
+                       'configs/voc_resnet50.py', args.set)
     elif task == 'infer':
-      work = OursInfer(args.batch, args.crop, args.dtype)
+      work = OursInfer(args.batch, args.crop, args.dtype, overrides=args.set)
     else:
-      work = OursInfer(1, 257, 'float32', 'mnv2_dm05_pascal_float_257')
+      work = OursInfer(1, 257, 'float32', 'mnv2_dm05_pascal_float_257',
+                       args.set)
     device = f'{jax.devices()[0].device_kind} ({jax.default_backend()})'
     version = f'jax {jax.__version__}'
   elif framework == 'torch':
@@ -265,6 +306,16 @@ def worker_main(args) -> None:
   first = time.perf_counter() - start
   for _ in range(args.warmup):
     work()
+  if args.trace:
+    # Before the timed calls, so that the profiler's cost stays out of them.
+    path = pathlib.Path(args.trace)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if framework == 'ours':
+      with jax.profiler.trace(str(path)):
+        for _ in range(args.trace_steps):
+          work()
+    elif framework == 'torch':
+      work.trace(path, args.trace_steps)
   _reply({'ready': True, 'setup_seconds': first, 'device': device,
           'version': version})
   for line in sys.stdin:
@@ -317,6 +368,17 @@ class Worker:
       self.process.wait()
 
 
+def _start(name: str, argv: list[str], env: dict[str, str],
+           failed: set[str]) -> Worker | None:
+  """The worker, or None (noted in `failed`) if it exits before ready."""
+  try:
+    return Worker(name, argv, env)
+  except RuntimeError as error:
+    print(f'{error}: left out of this comparison', flush=True)
+    failed.add(name)
+    return None
+
+
 def _scenarios(args) -> list[tuple[str, int, int,
                                    list[tuple[str, list[str]]]]]:
   """(label, images per call, timed calls per round, [(name, worker
@@ -359,6 +421,27 @@ def _scenarios(args) -> list[tuple[str, int, int,
   return scenarios
 
 
+def _variant_spec(variant: str, argv: list[str], env: dict[str, str]
+                  ) -> tuple[str, list[str], dict[str, str]]:
+  """(worker name, argv, environment) of one --variants item: '--xla...'
+  words go to XLA_FLAGS (replacing the caller's), 'NAME=VALUE' words with an
+  upper-case NAME to the environment, other 'a.b=c' words to the config."""
+  words = variant.split()
+  flags = [w for w in words if w.startswith('--')]
+  names = [w for w in words if re.match(r'[A-Z_][A-Z0-9_]*=', w)]
+  sets = [w for w in words if w not in flags and w not in names]
+  worker_env = dict(env, XLA_FLAGS=' '.join(flags),
+                    **dict(w.split('=', 1) for w in names))
+  argv = argv + [a for w in sets for a in ('--set', w)]
+  return f'ours[{variant.strip() or "default"}]', argv, worker_env
+
+
+def _trace_path(root: str, label: str, name: str) -> pathlib.Path:
+  """ROOT/<scenario>/<worker>, in letters, digits, '.', '_' and '-'."""
+  clean = lambda text: re.sub(r'[^A-Za-z0-9._-]+', '_', text).strip('_')
+  return pathlib.Path(root).resolve() / clean(label) / clean(name)
+
+
 def _fmt(seconds: float) -> str:
   return f'{seconds * 1e3:.1f} ms' if seconds < 1 else f'{seconds:.2f} s'
 
@@ -381,25 +464,34 @@ def compare(args) -> list[dict]:
   if args.one_at_a_time:
     print('one at a time: each round starts, warms up, times and stops each '
           'worker in turn (no other worker resident while one is timed)\n')
-  variants = args.xla_variants.split(';') if args.xla_variants else None
+  variants = args.variants or args.xla_variants
+  variants = variants.split(';') if variants else None
   results = []
   for label, images, steps, peers in _scenarios(args):
     specs = []  # (name, argv, env) of each worker.
     for name, argv in peers:
       if name == 'ours' and variants:
-        # One worker per XLA_FLAGS variant, to measure a lever.
-        for flags in variants:
-          specs.append((f'ours[{flags or "default"}]', argv,
-                        dict(env, XLA_FLAGS=flags)))
+        # One worker per variant, to measure a lever.
+        specs += [_variant_spec(v, argv, env) for v in variants]
         continue
       specs.append((name, argv, env))
+    if args.trace:
+      specs = [(name, argv + ['--trace', str(_trace_path(args.trace, label,
+                                                         name)),
+                              '--trace_steps', str(args.trace_steps)],
+                worker_env) for name, argv, worker_env in specs]
     times = {name: [] for name, _, _ in specs}
     peaks = {}
+    failed = set()  # A variant that fails to start costs only itself.
     if args.one_at_a_time:
       infos = {}
       for _ in range(args.rounds):
         for name, argv, worker_env in specs:
-          w = Worker(name, argv, worker_env)
+          if name in failed:
+            continue
+          w = _start(name, argv, worker_env, failed)
+          if w is None:
+            continue
           try:
             reply = w.run(steps)
           finally:
@@ -407,12 +499,14 @@ def compare(args) -> list[dict]:
           times[name] += reply['seconds']
           peaks[name] = reply['peak_bytes']
           infos[name] = w
-      workers = [infos[name] for name, _, _ in specs]
+      workers = [infos[name] for name, _, _ in specs if name in infos]
     else:
       workers = []
       try:
         for name, argv, worker_env in specs:
-          workers.append(Worker(name, argv, worker_env))
+          w = _start(name, argv, worker_env, failed)
+          if w is not None:
+            workers.append(w)
         for _ in range(args.rounds):
           for w in workers:
             reply = w.run(steps)
@@ -421,7 +515,11 @@ def compare(args) -> list[dict]:
       finally:
         for w in workers:
           w.close()
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    if not any(w.is_ours for w in workers) or all(w.is_ours
+                                                  for w in workers):
+      print(f'{label}: skipped, no worker of ours or of the peer started\n')
+      continue
+    medians = {w.name: statistics.median(times[w.name]) for w in workers}
     print(f'{label}')
     for w in workers:
       t = times[w.name]
@@ -476,13 +574,29 @@ def main() -> None:
                       help='start and stop each worker per round, so that '
                       'no other framework is resident while one is timed '
                       '(slower: every round compiles again)')
+  parser.add_argument('--trace', default=None,
+                      help='profile --trace_steps calls of each worker after '
+                      'its warm-up, before the timed ones: ours with '
+                      'jax.profiler into TRACE/<scenario>/ours (xprof or '
+                      "TensorBoard's profile plugin reads it), PyTorch's "
+                      'torch.profiler table into TRACE/<scenario>/torch*.txt')
+  parser.add_argument('--trace_steps', type=int, default=3)
+  parser.add_argument('--variants', default=None,
+                      help="';'-separated variants of ours, one worker each: "
+                      "XLA flags ('--xla_...') and config overrides "
+                      "('model.depthwise_impl=shifted') and environment "
+                      "variables ('NAME=VALUE') separated by spaces; "
+                      "an empty one is the default, e.g. "
+                      "';--xla_gpu_force_conv_nhwc=true;"
+                      "model.depthwise_impl=shifted'")
   parser.add_argument('--xla_variants', default=None,
-                      help="';'-separated XLA_FLAGS values: one 'ours' "
-                      'worker each, e.g. ";--xla_cpu_use_xnnpack=true"')
+                      help='the same as --variants (its older name)')
   # Internal: a worker process.
   parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
   parser.add_argument('--batch', type=int, default=1, help=argparse.SUPPRESS)
   parser.add_argument('--dtype', default='float32', help=argparse.SUPPRESS)
+  parser.add_argument('--set', action='append', default=[],
+                      help=argparse.SUPPRESS)
   args = parser.parse_args()
   gpu = args.device == 'gpu'
   if args.threads is None:
