@@ -58,7 +58,8 @@ def default_config() -> ml_collections.ConfigDict:
   m.num_classes = 21  # 0: the dataset's number of classes.
   m.output_stride = 16  # Training output stride; eval.output_stride for eval.
   m.dtype = 'float32'  # Compute dtype; parameters always stay float32.
-  # 'auto' picks the shifted-sum depthwise conv on CPU, the native one else.
+  # 'auto': the shifted-sum depthwise conv on CPU and on GPUs in float32,
+  # the native one elsewhere (layers._shifted_depthwise_pays says why).
   m.depthwise_impl = 'auto'
   # BatchNorm of the heads and decoder (reference: decay 0.9997, eps 1e-5).
   m.bn_momentum = 0.9997
