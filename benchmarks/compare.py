@@ -372,7 +372,11 @@ def _start(name: str, argv: list[str], env: dict[str, str],
            failed: set[str]) -> Worker | None:
   """The worker, or None (noted in `failed`) if it exits before ready."""
   try:
-    return Worker(name, argv, env)
+    worker = Worker(name, argv, env)
+    # Compiling can take minutes on a GPU: say so as it happens.
+    print(f'  ({name}: ready after {worker.info["setup_seconds"]:.1f} s)',
+          flush=True)
+    return worker
   except RuntimeError as error:
     print(f'{error}: left out of this comparison', flush=True)
     failed.add(name)
@@ -542,6 +546,8 @@ def compare(args) -> list[dict]:
                     'medians': medians, 'times': times,
                     'peak_bytes': peaks,
                     'info': {w.name: w.info for w in workers}})
+    if args.json:  # After every scenario: a run cut short keeps the rest.
+      pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
     sys.stdout.flush()
   return results
 
@@ -609,9 +615,7 @@ def main() -> None:
   args.dtypes = args.dtypes or ('float32,bfloat16' if gpu else 'float32')
   if gpu and args.only == 'train,infer,tflite':
     args.only += ',train_resnet50'
-  results = compare(args)
-  if args.json:
-    pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
+  compare(args)
 
 
 if __name__ == '__main__':
