@@ -270,8 +270,9 @@ def _shifted_depthwise_pays(lhs: Array) -> bool:
   XLA:CPU: always (grouped convolutions are slow there). GPU: in float32.
   One H200, batch 16 at 513, OS 16 (2026-11-27, each alone): the train step
   took 45.2 ms against 70.7 ms native (cuDNN ran the kernel gradients of
-  the six 33x33x960 rate-2 depthwise convs as grouped convs over a 1x15360
-  batch, 6 ms each), inference 6.3 against 9.2 ms. In bfloat16 inference
+  the three 33x33x960 backbone depthwise convs and the three 33x33x320 ASPP
+  ones as grouped convs over one 33x33 image of 16*C channels, 4-6 ms
+  each), inference 6.3 against 9.2 ms. In bfloat16 inference
   gained too (5.7 against 7.8 ms) but the train step did not (42.2 ms,
   against 35.6 ms native earlier that day), so bfloat16 keeps cuDNN's.
   """
