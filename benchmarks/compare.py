@@ -479,20 +479,21 @@ def compare(args) -> list[dict]:
         specs += [_variant_spec(v, argv, env) for v in variants]
         continue
       specs.append((name, argv, env))
-    if args.trace:
-      specs = [(name, argv + ['--trace', str(_trace_path(args.trace, label,
-                                                         name)),
-                              '--trace_steps', str(args.trace_steps)],
-                worker_env) for name, argv, worker_env in specs]
+    # Each worker profiles once: in --one_at_a_time, in its first round.
+    trace_argv = {name: ['--trace', str(_trace_path(args.trace, label, name)),
+                         '--trace_steps', str(args.trace_steps)]
+                  if args.trace else [] for name, _, _ in specs}
     times = {name: [] for name, _, _ in specs}
     peaks = {}
     failed = set()  # A variant that fails to start costs only itself.
     if args.one_at_a_time:
       infos = {}
-      for _ in range(args.rounds):
+      for round_index in range(args.rounds):
         for name, argv, worker_env in specs:
           if name in failed:
             continue
+          if round_index == 0:
+            argv = argv + trace_argv[name]
           w = _start(name, argv, worker_env, failed)
           if w is None:
             continue
@@ -508,7 +509,7 @@ def compare(args) -> list[dict]:
       workers = []
       try:
         for name, argv, worker_env in specs:
-          w = _start(name, argv, worker_env, failed)
+          w = _start(name, argv + trace_argv[name], worker_env, failed)
           if w is not None:
             workers.append(w)
         for _ in range(args.rounds):

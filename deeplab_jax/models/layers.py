@@ -276,11 +276,9 @@ def _shifted_depthwise_pays(lhs: Array) -> bool:
   gained too (5.7 against 7.8 ms) but the train step did not (42.2 ms,
   against 35.6 ms native earlier that day), so bfloat16 keeps cuDNN's.
   """
-  if native_ops_active():
-    return False
-  backend = jax.default_backend()
-  return backend == 'cpu' or (backend in ('gpu', 'cuda', 'rocm') and
-                              lhs.dtype == jnp.float32)
+  return _cpu_rewrites() or (
+      not native_ops_active() and lhs.dtype == jnp.float32 and
+      jax.default_backend() in ('gpu', 'cuda', 'rocm'))
 
 
 def _auto_conv_general_dilated(lhs, *args, **kwargs):
