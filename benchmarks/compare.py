@@ -504,6 +504,9 @@ def compare(args) -> list[dict]:
           times[name] += reply['seconds']
           peaks[name] = reply['peak_bytes']
           infos[name] = w
+          # As it comes: a run cut short by a time limit still says it.
+          print(f'  ({name}, round {round_index + 1}: median '
+                f'{_fmt(statistics.median(reply["seconds"]))})', flush=True)
       workers = [infos[name] for name, _, _ in specs if name in infos]
     else:
       workers = []

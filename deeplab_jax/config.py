@@ -30,7 +30,7 @@ from deeplab_jax.models import backbones
 OUTPUT_STRIDES = (8, 16, 32)
 HEAD_TYPES = ('aspp', 'dpc')
 DECODER_TYPES = ('deeplabv3plus', 'upsample')
-DEPTHWISE_IMPLS = ('auto', 'shifted', 'native')
+DEPTHWISE_IMPLS = ('auto', 'shifted', 'shifted_forward', 'native')
 DTYPES = ('float32', 'bfloat16')
 OPTIMIZERS = ('sgd', 'adam')
 LR_SCHEDULES = ('poly', 'constant', 'inverse_time', 'cosine')
@@ -58,8 +58,10 @@ def default_config() -> ml_collections.ConfigDict:
   m.num_classes = 21  # 0: the dataset's number of classes.
   m.output_stride = 16  # Training output stride; eval.output_stride for eval.
   m.dtype = 'float32'  # Compute dtype; parameters always stay float32.
-  # 'auto': the shifted-sum depthwise conv on CPU and on GPUs in float32,
-  # the native one elsewhere (layers._shifted_depthwise_pays says why).
+  # 'auto': the shifted-sum depthwise conv on CPU and on GPUs in float32;
+  # on GPUs in bfloat16 its forward with the native conv's gradients
+  # ('shifted_forward'); the native conv elsewhere ('native'). Why:
+  # layers._shifted_depthwise_pays and _shifted_forward_pays.
   m.depthwise_impl = 'auto'
   # BatchNorm of the heads and decoder (reference: decay 0.9997, eps 1e-5).
   m.bn_momentum = 0.9997

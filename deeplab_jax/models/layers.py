@@ -197,6 +197,41 @@ def _shifted_bwd(strides, rates, padding, residuals, g):
 shifted_depthwise_conv.defvjp(_shifted_fwd, _shifted_bwd)
 
 
+def _native_depthwise(x, w, strides, rates, padding):
+  return lax.conv_general_dilated(
+      x, w, strides, padding, rhs_dilation=rates,
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      feature_group_count=x.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def shifted_forward_depthwise_conv(x: Array, w: Array,
+                                   strides: tuple[int, int],
+                                   rates: tuple[int, int],
+                                   padding: str | tuple = 'SAME') -> Array:
+  """`shifted_depthwise_conv`'s forward with the native conv's gradients.
+
+  For backends whose own depthwise forward is slower than the shifted sum
+  but whose gradient kernels are faster than the shifted sum's reductions
+  (cuDNN in bfloat16). Same arguments, shapes and outputs.
+  """
+  return shifted_sum_autodiff(x, w, strides, rates, padding)
+
+
+def _shifted_forward_bwd(strides, rates, padding, residuals, g):
+  x, w = residuals
+  # The conv is linear in each operand: its transposes are the gradients,
+  # without tracing the forward conv again.
+  dx, = jax.linear_transpose(
+      lambda x: _native_depthwise(x, w, strides, rates, padding), x)(g)
+  dw, = jax.linear_transpose(
+      lambda w: _native_depthwise(x, w, strides, rates, padding), w)(g)
+  return dx, dw
+
+
+shifted_forward_depthwise_conv.defvjp(_shifted_fwd, _shifted_forward_bwd)
+
+
 # Set by `native_ops()`: trace with XLA's own convolutions everywhere, for
 # exported files that run on other runtimes (TFLite, ONNX, GPUs).
 _NATIVE_ONLY = threading.local()
@@ -234,11 +269,12 @@ def _shifted_conv_general_dilated(lhs, rhs, window_strides, padding,
                                   lhs_dilation=None, rhs_dilation=None,
                                   dimension_numbers=None,
                                   feature_group_count=1, precision=None,
-                                  **kwargs):
+                                  depthwise=None, **kwargs):
   """`lax.conv_general_dilated` that routes depthwise convs to the shifted sum.
 
   Anything that is not an NHWC depthwise conv without input dilation goes
-  to the native op unchanged.
+  to the native op unchanged. `depthwise`: the function that computes them
+  (default `shifted_depthwise_conv`).
   """
   channels = lhs.shape[-1]
   if native_ops_active():
@@ -256,8 +292,8 @@ def _shifted_conv_general_dilated(lhs, rhs, window_strides, padding,
     multiplier = rhs.shape[-1] // channels
     x = jnp.repeat(lhs, multiplier, axis=-1) if multiplier > 1 else lhs
     rates = tuple(rhs_dilation or (1, 1))
-    return shifted_depthwise_conv(x, rhs, tuple(window_strides), rates,
-                                  padding)
+    return (depthwise or shifted_depthwise_conv)(
+        x, rhs, tuple(window_strides), rates, padding)
   return lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
       rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
@@ -272,20 +308,39 @@ def _shifted_depthwise_pays(lhs: Array) -> bool:
   took 45.2 ms against 70.7 ms native (cuDNN ran the kernel gradients of
   the three 33x33x960 backbone depthwise convs and the three 33x33x320 ASPP
   ones as grouped convs over one 33x33 image of 16*C channels, 4-6 ms
-  each), inference 6.3 against 9.2 ms. In bfloat16 inference
-  gained too (5.7 against 7.8 ms) but the train step did not (42.2 ms,
-  against 35.6 ms native earlier that day), so bfloat16 keeps cuDNN's.
+  each), inference 6.3 against 9.2 ms. bfloat16 on a GPU takes only the
+  shifted forward (`_shifted_forward_pays`).
   """
   return _cpu_rewrites() or (
       not native_ops_active() and lhs.dtype == jnp.float32 and
-      jax.default_backend() in ('gpu', 'cuda', 'rocm'))
+      _on_gpu())
+
+
+def _on_gpu() -> bool:
+  return jax.default_backend() in ('gpu', 'cuda', 'rocm')
+
+
+def _shifted_forward_pays(lhs: Array) -> bool:
+  """bfloat16 on a GPU: the shifted sum forward, cuDNN's gradients.
+
+  One H200, batch 16 at 513, OS 16, bfloat16 (2026-11-27, each alone): the
+  train step took 30.6 ms against 36.4 ms with cuDNN's depthwise forward
+  and gradients, and 42.2 ms with the shifted sum's gradients too;
+  inference 5.7 against 7.8 ms.
+  """
+  return (not native_ops_active() and lhs.dtype == jnp.bfloat16 and
+          _on_gpu())
 
 
 def _auto_conv_general_dilated(lhs, *args, **kwargs):
-  """Shifted-sum depthwise where it pays (`_shifted_depthwise_pays`), the
-  native convolution elsewhere (decided at trace time)."""
+  """Shifted-sum depthwise where it pays (`_shifted_depthwise_pays`,
+  `_shifted_forward_pays`), the native convolution elsewhere (decided at
+  trace time)."""
   if _shifted_depthwise_pays(lhs):
     return _shifted_conv_general_dilated(lhs, *args, **kwargs)
+  if _shifted_forward_pays(lhs):
+    return _shifted_conv_general_dilated(
+        lhs, *args, depthwise=shifted_forward_depthwise_conv, **kwargs)
   return lax.conv_general_dilated(lhs, *args, **kwargs)
 
 
@@ -457,6 +512,10 @@ dense_conv.defvjp(_dense_fwd, _dense_bwd)
 CONV_IMPLEMENTATIONS: dict[str, Callable[..., Array]] = {
     'auto': _auto_conv_general_dilated,
     'shifted': _shifted_conv_general_dilated,
+    # The shifted sum forward, the native conv's gradients.
+    'shifted_forward': functools.partial(
+        _shifted_conv_general_dilated,
+        depthwise=shifted_forward_depthwise_conv),
     'native': lax.conv_general_dilated,
 }
 
@@ -471,7 +530,8 @@ def depthwise_conv(x: Array, kernel: Array, strides: int | Sequence[int] = 1,
     kernel: [kh, kw, 1, C * multiplier].
     strides: int or (h, w).
     rate: dilation, int or (h, w).
-    impl: 'auto', 'shifted' or 'native'.
+    impl: a key of `CONV_IMPLEMENTATIONS` ('auto', 'shifted',
+      'shifted_forward', 'native').
 
   Returns:
     [N, ceil(H / stride), ceil(W / stride), C * multiplier].

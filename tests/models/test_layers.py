@@ -52,25 +52,54 @@ def test_fast_path_is_really_used_and_native_is_not():
   assert 'convolution' in native_ir
 
 
+@pytest.mark.parametrize('stride,rate', [(1, 2), (2, 1)])
+def test_shifted_forward_runs_the_shifted_sum_and_native_gradients(stride,
+                                                                  rate):
+  """'shifted_forward': the shifted sum's forward (no convolution traced)
+  with the native conv's gradients (one per input, both equal to native's)."""
+  x, w, f, kg = _conv_pair(stride, rate)
+  out = f('shifted_forward')(x, w)
+  np.testing.assert_allclose(out, f('native')(x, w), atol=1e-5)
+  assert 'conv_general_dilated' not in str(
+      jax.make_jaxpr(f('shifted_forward'))(x, w))
+  cotangent = jax.random.normal(kg, out.shape)
+  def grads(impl):
+    return jax.grad(lambda x, w: jnp.sum(f(impl)(x, w) * cotangent), (0, 1))
+  backward = str(jax.make_jaxpr(grads('shifted_forward'))(x, w))
+  assert backward.count('conv_general_dilated') == 2  # dx and dw.
+  for got, want in zip(jax.jit(grads('shifted_forward'))(x, w),
+                       jax.jit(grads('native'))(x, w)):
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def _traces_a_convolution(fn, *args) -> bool:
   return 'conv_general_dilated' in str(jax.make_jaxpr(fn)(*args))
 
 
 @pytest.mark.parametrize('backend', ['gpu', 'cuda'])
-def test_auto_depthwise_is_shifted_on_gpu_in_float32_only(monkeypatch,
-                                                          backend):
+def test_auto_depthwise_on_gpu_shifted_in_float32_shifted_forward_in_bf16(
+    monkeypatch, backend):
   """'auto' on a GPU: the shifted sum in float32 (the H200's train step
-  45 vs 71 ms), cuDNN's grouped conv in bfloat16; exports always native."""
+  45 vs 71 ms); in bfloat16 its forward with cuDNN's gradients (30.5 vs
+  36.4 ms); exports and other backends always native."""
   x, w, f, _ = _conv_pair(1, 2)
+  xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+  def grad_convs(x, w):
+    grad = jax.grad(
+        lambda x, w: f('auto')(x, w).astype(jnp.float32).sum(), (0, 1))
+    return str(jax.make_jaxpr(grad)(x, w)).count('conv_general_dilated')
   # Decided at trace time from the backend's name: tracing needs no GPU.
   monkeypatch.setattr(layers.jax, 'default_backend', lambda: backend)
   assert not _traces_a_convolution(f('auto'), x, w)
-  assert _traces_a_convolution(f('auto'), x.astype(jnp.bfloat16),
-                               w.astype(jnp.bfloat16))
+  assert grad_convs(x, w) == 0
+  assert not _traces_a_convolution(f('auto'), xb, wb)
+  assert grad_convs(xb, wb) == 2
   with layers.native_ops():
     assert _traces_a_convolution(f('auto'), x, w)
+    assert _traces_a_convolution(f('auto'), xb, wb)
   monkeypatch.setattr(layers.jax, 'default_backend', lambda: 'tpu')
   assert _traces_a_convolution(f('auto'), x, w)
+  assert _traces_a_convolution(f('auto'), xb, wb)
 
 
 def test_auto_depthwise_is_shifted_on_cpu_in_every_dtype():
