@@ -1,5 +1,7 @@
 """Depthwise fast path vs native conv, TF 'SAME' padding, resize semantics."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -347,13 +349,15 @@ def test_batch_norm_equals_flax_batch_norm_in_both_modes(dtype):
     assert moved == training
 
 
-@pytest.mark.parametrize('c_in,c_out', [(4, 12), (12, 4)])
+@pytest.mark.parametrize('c_in,c_out', [(4, 12), (12, 4), (1024, 8)])
 def test_pointwise_dot_gradients_are_numpys_with_the_activations_on_the_left(
     c_in, c_out):
   """1x1 convs on CPU: the product and both gradients against NumPy in
   float64; the kernel gradient is one product with x on the left and no
-  transpose after it (JAX's own transpose of the dot has one), and bfloat16
-  inputs keep their dtype in both gradients."""
+  transpose after it (JAX's own transpose of the dot has one), except for
+  wide layers narrowing to fewer channels (1024 -> 8 here), whose product
+  takes the output gradient on the left; bfloat16 inputs keep their dtype
+  in both gradients."""
   kx, kw, kg = jax.random.split(jax.random.key(7), 3)
   x = jax.random.normal(kx, (2, 5, 3, c_in))
   w = jax.random.normal(kw, (c_in, c_out))
@@ -361,7 +365,9 @@ def test_pointwise_dot_gradients_are_numpys_with_the_activations_on_the_left(
   y, vjp = jax.vjp(layers.pointwise_dot, x, w)
   dx, dw = vjp(g)
   x64, w64, g64 = (np.asarray(a, np.float64) for a in (x, w, g))
-  np.testing.assert_allclose(y, x64 @ w64, rtol=1e-5, atol=1e-5)
+  # float32 sums of c_in products of O(1) terms: error ~ sqrt(c_in) ulps.
+  np.testing.assert_allclose(y, x64 @ w64, rtol=1e-5,
+                             atol=1e-5 * np.sqrt(c_in))
   np.testing.assert_allclose(dx, g64 @ w64.T, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(
       dw, x64.reshape(-1, c_in).T @ g64.reshape(-1, c_out), rtol=1e-5,
@@ -370,7 +376,14 @@ def test_pointwise_dot_gradients_are_numpys_with_the_activations_on_the_left(
     return str(jax.make_jaxpr(lambda x, w: jax.vjp(f, x, w)[1](g)[1])(x, w))
   plain = lambda x, w: lax.dot_general(x, w, (((3,), (0,)), ((), ())))
   assert 'transpose' in kernel_gradient(plain)
-  assert 'transpose' not in kernel_gradient(layers.pointwise_dot)
+  ours = kernel_gradient(layers.pointwise_dot)
+  # The kernel gradient's product: [c_in, c_out] with x on the left,
+  # [c_out, c_in] (then transposed) with the output gradient there.
+  products = re.findall(r'f32\[(\d+),(\d+)\] = dot_general', ours)
+  gradient_left = c_in >= 1024 and c_out < c_in
+  expected = (c_out, c_in) if gradient_left else (c_in, c_out)
+  assert products == [tuple(str(n) for n in expected)]
+  assert ('transpose' in ours) == gradient_left
   x16, w16, g16 = (a.astype(jnp.bfloat16) for a in (x, w, g))
   dx16, dw16 = jax.vjp(layers.pointwise_dot, x16, w16)[1](g16)
   assert dx16.dtype == dw16.dtype == jnp.bfloat16
