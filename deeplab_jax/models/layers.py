@@ -325,8 +325,9 @@ def _shifted_forward_pays(lhs: Array) -> bool:
 
   One H200, batch 16 at 513, OS 16, bfloat16 (2026-11-27, each alone): the
   train step took 30.6 ms against 36.4 ms with cuDNN's depthwise forward
-  and gradients, and 42.2 ms with the shifted sum's gradients too;
-  inference 5.7 against 7.8 ms.
+  and gradients, and 42.2 ms with the shifted sum's gradients too (a run
+  that summed its kernel gradient in bfloat16); inference 5.7 against 7.8
+  ms.
   """
   return (not native_ops_active() and lhs.dtype == jnp.bfloat16 and
           _on_gpu())

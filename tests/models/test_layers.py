@@ -39,11 +39,19 @@ def test_shifted_depthwise_matches_native_forward_and_gradients(stride, rate):
   np.testing.assert_allclose(gw_fast, gw_nat, atol=1e-4, rtol=1e-5)
 
 
-def test_shifted_depthwise_with_channel_multiplier_and_anisotropic_rate():
-  x, w, f, _ = _conv_pair(1, 1, multiplier=2)
-  fast = layers.depthwise_conv(x, w, 1, (1, 3), 'shifted')
-  native = layers.depthwise_conv(x, w, 1, (1, 3), 'native')
+@pytest.mark.parametrize('impl', ['shifted', 'shifted_forward'])
+def test_shifted_depthwise_with_channel_multiplier_and_anisotropic_rate(impl):
+  x, w, f, kg = _conv_pair(1, 1, multiplier=2)
+  def conv(impl):
+    return lambda x, w: layers.depthwise_conv(x, w, 1, (1, 3), impl)
+  fast, native = conv(impl)(x, w), conv('native')(x, w)
   np.testing.assert_allclose(fast, native, atol=1e-5)
+  cotangent = jax.random.normal(kg, native.shape)
+  def grads(impl):
+    return jax.grad(lambda x, w: jnp.sum(conv(impl)(x, w) * cotangent),
+                    (0, 1))(x, w)
+  for got, want in zip(grads(impl), grads('native')):
+    np.testing.assert_allclose(got, want, atol=1e-4)
 
 
 def test_fast_path_is_really_used_and_native_is_not():
