@@ -29,10 +29,8 @@ import dataclasses
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from flax import nnx
-from jax import lax
 
 from deeplab_jax.models.backbones.base import (INCEPTION_PREPROCESSING,
                                                Backbone, ConfigChecks,
@@ -40,7 +38,8 @@ from deeplab_jax.models.backbones.base import (INCEPTION_PREPROCESSING,
                                                layer_options,
                                                validate_batch_norm,
                                                validate_multi_grid)
-from deeplab_jax.models.layers import ConvBN, LayerOptions, tf_same_padding
+from deeplab_jax.models.layers import (ConvBN, LayerOptions, max_pool,
+                                       tf_same_padding)
 
 Array = jax.Array
 
@@ -132,12 +131,9 @@ def _max_pool_3x3_s2(x: Array, layout: str) -> Array:
   """The stem's 3x3 stride-2 max-pool: TF 'SAME' (reference) or 1 pixel of
   padding on each side (Keras's ZeroPadding2D(1) + VALID; the input is a
   ReLU output, so zero padding equals -inf padding)."""
-  pads = [(0, 0)]
-  for n in x.shape[1:3]:
-    pads.append(tf_same_padding(n, 3, 2) if layout == 'reference' else (1, 1))
-  pads.append((0, 0))
-  return lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
-                           pads)
+  pads = tuple(tf_same_padding(n, 3, 2) if layout == 'reference' else (1, 1)
+               for n in x.shape[1:3])
+  return max_pool(x, (3, 3), (2, 2), pads)
 
 
 class ResNetV1(Backbone):
