@@ -548,7 +548,7 @@ def max_pool(x: Array, window: tuple[int, int], strides: tuple[int, int],
   On XLA:CPU its gradient is `_max_pool_grad`: the native gradient's
   select-and-scatter becomes argmax index arrays and a scatter there (the
   ResNet stem's 3x3 stride-2 pool of 2x257x257x128, forward and backward,
-  2 cores: 300 ms native, 123 ms this). Elsewhere, and inside
+  2 cores: 300-318 ms native, 123-128 ms this). Elsewhere, and inside
   `native_ops()`, it is `lax.reduce_window` with its own gradient.
   """
   window, strides = tuple(window), tuple(strides)
@@ -584,12 +584,14 @@ def _max_pool_grad(window, strides, pads, residuals, g):
   padded input gradient, shifted by (i // stride_h, j // stride_w): plain
   pads and sums that XLA fuses, then one interleave.
   """
-  # The maxima are found again here, in x as one materialised array: XLA
-  # may recompute a fused x in another order of operations than the
-  # forward pass did, and then no tap would equal the forward's maximum
-  # (the ResNet stem's BatchNorm bias gradient was off by 3.8 times its
-  # largest value).
-  x = lax.optimization_barrier(residuals)
+  # The maxima are taken again here, from the taps they are compared with:
+  # XLA fuses x's producers (BatchNorm, ReLU) into both passes and
+  # computed them for the backward pass in another order of operations
+  # than for the forward one, so that compared with the forward pass's
+  # maxima some windows had none (the ResNet stem's BatchNorm bias
+  # gradient was off by 3.8 times its largest value). (An optimisation
+  # barrier would not keep x in one array: XLA:CPU fuses across it.)
+  x = residuals
   n, h, w, c = x.shape
   sh, sw = strides
   (top, bottom), (left, right) = pads
