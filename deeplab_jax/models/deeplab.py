@@ -13,7 +13,9 @@ from deeplab_jax.models.decoder import DeepLabV3PlusDecoder
 from deeplab_jax.models.heads import (ASPP, DensePredictionCell,
                                       effective_rate_multiplier, scale_rates)
 from deeplab_jax.models.jax_compat import with_quick_sharding_probe
-from deeplab_jax.models.layers import ConvBN, LayerOptions, resize_bilinear
+from deeplab_jax.models.layers import (ConvBN, LayerOptions,
+                                       dense_conv_general_dilated,
+                                       resize_bilinear)
 
 Array = jax.Array
 
@@ -46,7 +48,8 @@ class DeepLab(nnx.Module):
         in_features, num_classes,
         (classifier_kernel_size, classifier_kernel_size), padding='SAME',
         use_bias=classifier_use_bias, dtype=dtype,
-        kernel_init=nnx.initializers.truncated_normal(0.01), rngs=rngs)
+        kernel_init=nnx.initializers.truncated_normal(0.01),
+        conv_general_dilated=dense_conv_general_dilated, rngs=rngs)
     self.num_classes = num_classes
 
   def __call__(self, images: Array, *, rngs: nnx.Rngs | None = None,

@@ -9,6 +9,7 @@ from flax import nnx
 from deeplab_jax.models import (create_model, fold_batch_norm, format_summary,
                                 inference_view, parameter_counts,
                                 with_output_stride)
+from deeplab_jax.models import layers
 from tests.conftest import REPO, tiny_model_config
 
 
@@ -146,3 +147,33 @@ def test_backbone_configs_build_with_their_counts(config_name, backbone,
     return entry['params'] + entry['batch_stats']
   assert size(counts['backbone']) == backbone
   assert sum(size(c) for c in counts.values()) == total
+
+
+@pytest.mark.parametrize('kernel_size', [1, 3])
+def test_classifier_takes_the_cpu_dense_convs_with_native_values(kernel_size):
+  # XLA:CPU's kernel gradient of the 1x1 classifier was a convolution with
+  # a window as large as the feature map: 2.5x slower than the product.
+  config = tiny_model_config(classifier_kernel_size=kernel_size)
+  classifier = create_model(config, rngs=nnx.Rngs(0)).logits
+  x = jax.random.normal(jax.random.key(1), (2, 9, 11, classifier.in_features))
+  g = jax.random.normal(jax.random.key(2), (2, 9, 11, classifier.out_features))
+  def forward_and_gradients():  # A new function each time: traced anew.
+    graphdef, params = nnx.split(classifier)
+    def run(x):
+      y, vjp = jax.vjp(lambda p, x: nnx.merge(graphdef, p)(x), params, x)
+      return y, vjp(g)
+    return run
+  trace = str(jax.make_jaxpr(forward_and_gradients())(x))
+  # 1x1: one product forward, one per gradient, no convolution. 3x3
+  # (dense_conv): XLA's convolution forward and for the input gradient, the
+  # kernel gradient one product per tap.
+  assert trace.count('dot_general') == (3 if kernel_size == 1 else 9)
+  assert ('conv_general_dilated' in trace) == (kernel_size > 1)
+  with layers.native_ops():  # What exports trace: the plain convolution.
+    native_trace = str(jax.make_jaxpr(forward_and_gradients())(x))
+    assert 'dot_general' not in native_trace
+    assert 'conv_general_dilated' in native_trace
+    want = forward_and_gradients()(x)
+  got = forward_and_gradients()(x)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
