@@ -417,19 +417,23 @@ def _channel_dot(x: Array, kernel: Array, precision=None,
                          preferred_element_type=preferred_element_type)
 
 
-def _pointwise_conv_general_dilated(lhs, rhs, window_strides, padding,
-                                    lhs_dilation=None, rhs_dilation=None,
-                                    dimension_numbers=None,
-                                    feature_group_count=1, precision=None,
-                                    preferred_element_type=None, **kwargs):
-  """`lax.conv_general_dilated` that computes 1x1, stride-1 NHWC convs as
-  one matrix product on XLA:CPU.
+def dense_conv_general_dilated(lhs, rhs, window_strides, padding,
+                               lhs_dilation=None, rhs_dilation=None,
+                               dimension_numbers=None, feature_group_count=1,
+                               precision=None, preferred_element_type=None,
+                               **kwargs):
+  """`lax.conv_general_dilated` for ungrouped convs (nnx.Conv's
+  `conv_general_dilated`: ConvBN's and the classifier's) that computes 1x1,
+  stride-1 NHWC convs as one matrix product on XLA:CPU, and other dense
+  NHWC convs as `dense_conv`.
 
   Same values; the point is the backward pass: XLA:CPU turns a 1x1 conv's
   kernel gradient into a convolution whose window is the whole feature map
   (2 GFLOP/s here, half of a DeepLabV3+ train step), where the gradient of
-  a dot is a plain GEMM over the pixels. Other convs, and other backends,
-  go to the native op unchanged.
+  a dot is a plain GEMM over the pixels. The classifier (1x1, 256 -> 21 at
+  4x129x129), forward and both gradients, 2 cores: 207-236 ms as XLA:CPU's
+  convolution, 81-84 ms as a product. Other convs, and other backends, go
+  to the native op unchanged.
   """
   if kwargs.get('out_sharding', 0) is None:  # nnx.Conv always passes it.
     del kwargs['out_sharding']
@@ -454,14 +458,6 @@ def _pointwise_conv_general_dilated(lhs, rhs, window_strides, padding,
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
       rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
       feature_group_count=feature_group_count, precision=precision, **kwargs)
-
-
-# For nnx.Conv outside ConvBN (the classifier): the same CPU rewrites of
-# dense convs. The classifier (1x1, 256 -> 21 at 4x129x129), forward and
-# both gradients, 2 cores: 207-236 ms as XLA:CPU's convolution, whose
-# kernel gradient is a convolution with a 129x129 window, 81-84 ms as a
-# product.
-dense_conv_general_dilated = _pointwise_conv_general_dilated
 
 
 def _native_dense(x, w, strides, rates, padding):
@@ -614,9 +610,7 @@ def _max_pool_grad(window, strides, pads, residuals, g):
   planes = [[None] * sw for _ in range(sh)]
   taken = None
   for (i, j), tap in taps:
-    hit = tap == y
-    if taken is not None:
-      hit = hit & ~taken
+    hit = tap == y if taken is None else (tap == y) & ~taken
     taken = hit if taken is None else taken | hit
     di, dj = i // sh, j // sw
     share = jnp.pad(jnp.where(hit, g, zero),
@@ -860,7 +854,7 @@ class ConvBN(nnx.Module):
                explicit_padding: bool = False, use_bias: bool = False,
                options: LayerOptions = LayerOptions(), rngs: nnx.Rngs):
     conv_fn = (CONV_IMPLEMENTATIONS[options.depthwise_impl]
-               if groups > 1 else _pointwise_conv_general_dilated)
+               if groups > 1 else dense_conv_general_dilated)
     rate = (rate, rate) if isinstance(rate, int) else tuple(rate)
     padding = 'SAME'
     if explicit_padding and strides > 1:
