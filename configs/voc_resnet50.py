@@ -12,10 +12,12 @@ flips to evaluate.
     python main.py --config=configs/voc_resnet50.py --mode=summary
 
 Measured here (2 CPU cores, no GPU; `python benchmarks/train_step.py
---config=configs/voc_resnet50.py --batch_size=4`, 2026-11-27): 16.7 s per
-train step at batch 4, 513 crops. Beside PyTorch eager on the same network
-(`python benchmarks/compare.py --only=train_resnet50 --batch_sizes=4
---one_at_a_time`, BatchNorm on batch statistics in both): ours 14.5 s,
+--config=configs/voc_resnet50.py --batch_size=4`, 2026-11-27; BatchNorm
+frozen, as the config runs it below 12 images a device): 16.7 s per train
+step at batch 4, 513 crops. Beside PyTorch eager on the same network, in
+another hour (`python benchmarks/compare.py --only=train_resnet50
+--batch_sizes=4 --one_at_a_time`, BatchNorm on batch statistics in both;
+this machine's speed varies 5-20% from hour to hour): ours 14.5 s,
 PyTorch 11.8 s. 26,891,013 parameters and BatchNorm statistics
 (`--mode=summary`). No full run was made here (it needs a GPU and the 274
 MB download).

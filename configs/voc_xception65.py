@@ -13,8 +13,9 @@ train_aug model reaches 82.20% val mIoU that way (after COCO pretraining).
     python main.py --config=configs/voc_xception65.py --mode=summary
 
 Measured here (2 CPU cores, no GPU; `python benchmarks/train_step.py
---config=configs/voc_xception65.py --batch_size=4`, 2026-11-27): 21.9 s
-per train step at batch 4, 513 crops; 41,258,213 parameters and BatchNorm statistics
+--config=configs/voc_xception65.py --batch_size=4`, 2026-11-27; BatchNorm
+frozen, as the config runs it below 12 images a device): 21.9 s per train
+step at batch 4, 513 crops; 41,258,213 parameters and BatchNorm statistics
 (`--mode=summary`). No full run was made here (GPU and the 447 MB download).
 
 The zoo's trained PASCAL models: configs/voc_pretrained.py:
