@@ -184,7 +184,8 @@ def diagnose_override(argv: Sequence[str]) -> str | None:
 
 def run(config: Any, *, mode: str, workdir: str | None = None,
         images: str | None = None, output: str | None = None,
-        follow: bool = False, export_format: str = 'tflite') -> Any:
+        follow: bool = False, export_format: str = 'tflite',
+        recursive: bool = False) -> Any:
   validate_config(config)
   if config.model.num_classes == 0 and mode != 'prepare':
     datasets.resolve_num_classes(config)  # 0: the dataset's.
@@ -241,16 +242,18 @@ def run(config: Any, *, mode: str, workdir: str | None = None,
   if mode == 'predict':
     if not images:
       raise ConfigError('--mode=predict needs --images=DIR (a folder of '
-                        'photos).')
+                        'photos, one image, or a glob).')
     output = output or os.path.join(workdir or '.', 'predictions')
-    predict.check_folders(images, output)  # Before the model's setup.
+    # Before the model's setup.
+    predict.check_folders(images, output, recursive)
     if config.eval.runtime != 'jax':  # An exported file: no model.
       model = None
       print(f'Segmenting with {config.eval.model_file} under '
             f'{config.eval.runtime}.', flush=True)
     else:
       model, _ = inference_model(config, workdir)
-    summary = predict.predict_folder(config, model, images, output)
+    summary = predict.predict_folder(config, model, images, output,
+                                     recursive=recursive)
     print(f'Segmented {summary["images"]} image(s) into {output}'
           + (f'; skipped {len(summary["skipped"])}' if summary['skipped']
              else ''))

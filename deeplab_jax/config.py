@@ -25,6 +25,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from deeplab_jax.errors import ConfigError
+from deeplab_jax.inference import policy
 from deeplab_jax.models import backbones
 
 OUTPUT_STRIDES = (8, 16, 32)
@@ -35,6 +36,11 @@ DTYPES = ('float32', 'bfloat16')
 OPTIMIZERS = ('sgd', 'adam')
 LR_SCHEDULES = ('poly', 'constant', 'inverse_time', 'cosine')
 DPC_OPS = ('conv', 'pyramid_pooling')
+# Keys that were replaced: the message says by what.
+RENAMED_KEYS = {
+    'config.eval.resize_to_crop':
+        "config.eval.input_scale = 'fit' (True) or 'native' (False)",
+}
 # The five-branch Dense Prediction Cell of the DPC paper, as in the seed's
 # `encoder_middle_conf` (rates are at output stride 16, before
 # `conv_rate_multiplier`).
@@ -185,17 +191,36 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   e = c.eval
   e.output_stride = 8
-  e.crop_size = 513  # Images are padded (never cropped) to at least this.
-  # Fixed-input exports (TFLite): resize images to fit crop_size instead,
-  # and upsample the predictions to the original size for scoring.
-  e.resize_to_crop = False
+  # The inference policy (deeplab_jax/inference/policy.py), shared by eval,
+  # predict and the exported-file runtimes. How the image is scaled first:
+  # 'native' (as it is), 'fit' (longer side at most crop_size, as the
+  # official mobile exports are fed) or a factor such as 0.5.
+  e.input_scale = config_dict.FieldReference('native', field_type=object)
+  # How it is run: 'whole' (padded to a canvas of at least crop_size),
+  # 'slide' (tiles of tile_size every tile_stride pixels, tile_batch at a
+  # time, logits blended where they overlap), or 'auto': whole while its
+  # largest input (canvas x the largest scale squared) has at most
+  # max_whole_pixels pixels, slide beyond.
+  e.mode = 'auto'
+  e.crop_size = 513  # Whole mode pads images (never crops) to at least this.
+  e.tile_size = 513
+  e.tile_stride = config_dict.placeholder(int)  # None: 2/3 of tile_size.
+  e.tile_batch = 4
+  # Overlapping tiles' logits averaged 'gaussian' (weighted towards each
+  # tile's centre, sigma = tile / 8) or 'uniform'.
+  e.tile_weighting = 'gaussian'
+  # What ASPP's image pooling sees in a tile: the whole image's mean feature
+  # ('image': a first pass of the backbone over the tiles, about 1.8x the
+  # time) or the tile's own ('tile').
+  e.slide_context = 'image'
+  e.max_whole_pixels = 4_194_304  # 2048 x 2048.
   e.scales = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
   e.flip = True
   e.batch_size = 8
   e.num_result_images = 16
   e.max_images = config_dict.placeholder(int)  # None: the whole split.
-  # predict: larger images are skipped with a message (PIL's decompression
-  # bomb guard is 89 million pixels).
+  # Larger images are skipped with a message (PIL's decompression bomb
+  # guard is 89 million pixels).
   e.max_image_pixels = 89_478_485
   # --follow stops after this many seconds without a new checkpoint.
   e.follow_timeout = 3600.0
@@ -322,6 +347,15 @@ def _class_weights(key: str, value: Any, config: Any) -> None:
                 '(config.model.num_classes)')
 
 
+def _input_scale(key: str, value: Any, config: Any) -> None:
+  del config
+  try:
+    policy.parse_input_scale(value)
+  except (TypeError, ValueError):
+    raise _fail(key, value, "use 'native', 'fit' or a factor in (0, 16], "
+                'e.g. 0.5') from None
+
+
 def _dataset_name(key: str, value: Any, config: Any) -> None:
   del config
   if not isinstance(value, str) or not value:
@@ -394,7 +428,15 @@ RULES: tuple[tuple[str, Check], ...] = (
     ('train.eval_every_steps', _int(0)),
     ('train.init_from_scope', _choice(('backbone', 'model'))),
     ('eval.output_stride', _choice(OUTPUT_STRIDES)),
+    ('eval.input_scale', _input_scale),
+    ('eval.mode', _choice(policy.MODES)),
     ('eval.crop_size', _int(16)),
+    ('eval.tile_size', _int(17)),
+    ('eval.tile_stride', _optional(_int())),
+    ('eval.tile_batch', _int()),
+    ('eval.tile_weighting', _choice(policy.TILE_WEIGHTINGS)),
+    ('eval.slide_context', _choice(policy.SLIDE_CONTEXTS)),
+    ('eval.max_whole_pixels', _int()),
     ('eval.scales', _scales),
     ('eval.batch_size', _int()),
     ('eval.num_result_images', _int(0)),
@@ -418,6 +460,9 @@ def _check_keys(config: Any, schema: Any, prefix: str) -> None:
         f'not {config!r}.')
   known = list(schema.keys())
   for key in config.keys():
+    if f'{prefix}.{key}' in RENAMED_KEYS:
+      raise ConfigError(f'{prefix}.{key} was replaced by '
+                        f'{RENAMED_KEYS[prefix + "." + key]}.')
     if key not in known:
       close = difflib.get_close_matches(key, known, n=1)
       hint = f" Did you mean '{prefix}.{close[0]}'?" if close else ''

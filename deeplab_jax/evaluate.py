@@ -1,8 +1,9 @@
 """Evaluation: confusion-matrix mIoU, per-class IoU, pixel accuracy.
 
-Runs at `config.eval.output_stride` on whole images padded to
-`config.eval.crop_size` (padding is labelled ignore, so it never counts),
-single-scale or multi-scale with flips (`config.eval.scales`, `.flip`).
+Runs at `config.eval.output_stride` under the inference policy of
+`config.eval` (deeplab_jax/inference/policy.py: input scale, whole or
+sliding window), single-scale or multi-scale with flips (`config.eval.scales`,
+`.flip`), and scores every labelled pixel at the image's own size.
 Writes `<workdir>/eval/metrics.json`, `confusion_matrix.png` and result
 images (image | ground truth | prediction | overlay, in the dataset's
 palette) for the first `config.eval.num_result_images` images.
@@ -16,13 +17,11 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -31,69 +30,16 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from deeplab_jax import (checkpoints, distributed, inference, metric_writers,
-                         metrics, optim, visualize)
+from deeplab_jax import (checkpoints, distributed, metric_writers, metrics,
+                         optim, visualize)
 from deeplab_jax.compile_stats import CompileCounter
 from deeplab_jax.data import pipeline
 from deeplab_jax.data.datasets import class_names, dataset_spec
-from deeplab_jax.errors import CheckpointError
+from deeplab_jax.errors import CheckpointError, ConfigError
+from deeplab_jax.inference import blend
+from deeplab_jax.inference.segmenter import Segmenter
+from deeplab_jax.progress import Progress
 from deeplab_jax.models import backbones, create_model, fold_batch_norm
-
-
-class Progress:
-  """A one-line progress report for evaluation and prediction."""
-
-  def __init__(self, what: str, total: int | None, every_seconds: float = 5):
-    self.what, self.total = what, total
-    self.every = every_seconds
-    self.start = self.last = time.perf_counter()
-    self.done = 0
-
-  def update(self, count: int = 1) -> None:
-    self.done += count
-    now = time.perf_counter()
-    if now - self.last >= self.every or self.done == self.total:
-      self.last = now
-      rate = self.done / max(now - self.start, 1e-9)
-      total = f'/{self.total}' if self.total else ''
-      print(f'\r{self.what}: {self.done}{total} images ({rate:.1f}/s)',
-            end='' if self.done != self.total else '\n', file=sys.stderr,
-            flush=True)
-
-  def close(self) -> None:
-    if self.total is None or self.done != self.total:
-      print(file=sys.stderr, flush=True)
-
-
-def batches_by_shape(examples: Iterator[dict[str, Any]], batch_size: int
-                     ) -> Iterator[list[dict[str, Any]]]:
-  """Groups consecutive examples of equal (padded) image shape into lists."""
-  group: list[dict[str, Any]] = []
-  for example in examples:
-    if group and (len(group) == batch_size or
-                  example['image'].shape != group[0]['image'].shape):
-      yield group
-      group = []
-    group.append(example)
-  if group:
-    yield group
-
-
-def _stack(group: list[dict[str, Any]], batch_size: int, ignore_label: int,
-           with_labels: bool = True):
-  """Images (and labels) of a group, padded with all-ignore examples."""
-  images = np.stack([e['image'] for e in group])
-  missing = batch_size - len(group)
-  if missing:
-    images = np.concatenate([images, np.zeros((missing,) + images.shape[1:],
-                                              images.dtype)])
-  if not with_labels:
-    return images, None
-  labels = np.stack([e['label'] for e in group])
-  if missing:
-    labels = np.concatenate([labels, np.full((missing,) + labels.shape[1:],
-                                             ignore_label, labels.dtype)])
-  return images, labels
 
 
 class Evaluator:
@@ -114,40 +60,14 @@ class Evaluator:
     self.num_classes = config.model.num_classes
     self.mesh = distributed.make_mesh(jax.local_devices())
     self._replicated = distributed.replicated(self.mesh)
-    data = distributed.data_sharding(self.mesh)
-    scales = tuple(float(s) for s in config.eval.scales)
-    ignore_label = self.dataset.ignore_label
-    num_classes = self.num_classes
 
-    def probabilities(states, images):
-      return inference.predict_probabilities(
-          nnx.merge(self.graphdef, *states), images, scales=scales,
-          flip=config.eval.flip)
-
-    def step(states, images, labels):
-      predictions = jnp.argmax(probabilities(states, images), axis=-1)
-      confusion = metrics.confusion_matrix(predictions, labels, num_classes,
-                                           ignore_label)
-      return predictions.astype(jnp.uint8), confusion
-
-    # step(states, images, labels) -> (uint8 predictions, confusion) for
-    # padded images; probabilities(states, images) -> [N, H, W, C] for
-    # `eval.resize_to_crop`, scored on the host at the original size.
-    self._step = inference.jit(step, in_shardings=(None, data, data))
-    self._probabilities = inference.jit(probabilities,
-                                        in_shardings=(None, data))
-    if config.eval.runtime != 'jax':  # An exported file, on the host.
-      from deeplab_jax.export import runtimes  # pylint: disable=import-outside-toplevel
-      run = runtimes.make_runtime(config)
-      self._probabilities = lambda states, images: run(images)
-
-      def host_step(states, images, labels):
-        del states
-        predictions = np.argmax(run(images), axis=-1).astype(np.uint8)
-        return predictions, metrics.confusion_matrix_numpy(
-            predictions, labels, num_classes, ignore_label)
-
-      self._step = host_step
+  @functools.cached_property
+  def segmenter(self) -> Segmenter:
+    """Runs the inference policy (whole canvases sharded over the local
+    devices); an exported file's runtime when `eval.runtime` is not jax."""
+    if self.config.eval.runtime != 'jax':
+      return Segmenter(self.config)
+    return Segmenter(self.config, self.graphdef, mesh=self.mesh)
 
   @functools.cached_property
   def _abstract_model(self) -> nnx.Module:
@@ -180,14 +100,15 @@ class Evaluator:
                                                  *states)))
     return jax.jit(fold, out_shardings=self._replicated)
 
-  def _states(self, weights: Any) -> tuple[Any, ...]:
-    """The folded model's replicated state, from a model or a tuple of
-    nnx.States (e.g. (params, batch_stats))."""
+  def _states(self, weights: Any) -> Any:
+    """The segmenter's weights: the folded model's replicated state, from
+    a model or a tuple of nnx.States (e.g. (params, batch_stats))."""
     if weights is None:  # eval.runtime: the exported file has them.
-      return ()
+      return None
     states = ((nnx.state(weights),) if isinstance(weights, nnx.Module)
               else tuple(weights))
-    return (self._fold(jax.device_put(states, self._replicated)),)
+    return self.segmenter.bind(
+        self._fold(jax.device_put(states, self._replicated)))
 
   def evaluate(self, weights: Any, *, workdir: str | None,
                step: int | None = None, writer: Any | None = None,
@@ -242,10 +163,10 @@ class Evaluator:
                 ) -> dict[str, Any]:
     config = self.config
     start = time.perf_counter()
+    segmenter = self.segmenter
     states = self._states(weights)
     ignore_label = self.dataset.ignore_label
     num_classes = self.num_classes
-    resize = config.eval.resize_to_crop
     local_devices = self.mesh.devices.size
     batch_size = -(-config.eval.batch_size // local_devices) * local_devices
     if source is None:
@@ -261,32 +182,65 @@ class Evaluator:
     if image_dir is not None and jax.process_index() == 0:
       image_dir.mkdir(parents=True, exist_ok=True)
     confusion = np.zeros((num_classes, num_classes), np.int64)
+    modes = {'whole': 0, 'slide': 0}
     seen = 0
     progress = Progress('eval', total_local)
-    for group in batches_by_shape(examples, batch_size):
-      if limit is not None and seen >= total_local:
-        break
-      group = (group[:max(0, total_local - seen)] if limit is not None
-               else group)
-      images, labels = _stack(group, batch_size, ignore_label,
-                              with_labels=not resize)
-      if resize:  # Score at the original resolution, on the host.
-        probabilities = np.asarray(self._probabilities(states, images))
-        predictions = []
-        for example, probs in zip(group, probabilities):
-          prediction = inference.to_original_size(
-              probs, example['valid'], example['label'].shape)
-          confusion += metrics.confusion_matrix_numpy(
-              prediction, example['label'], num_classes, ignore_label)
-          predictions.append(prediction)
-      else:
-        predictions, batch_confusion = self._step(states, images, labels)
-        confusion += np.asarray(batch_confusion, np.int64)
-        predictions = np.asarray(predictions)
+
+    def score(example, prediction):
+      nonlocal seen, confusion
+      confusion += metrics.confusion_matrix_numpy(
+          prediction, example['label'], num_classes, ignore_label)
       if image_dir is not None and jax.process_index() == 0:
-        self._save_results(group, predictions, image_dir, seen)
-      seen += len(group)
-      progress.update(len(group))
+        self._save_result(example, prediction, image_dir, seen)
+      modes[example['mode']] += 1
+      seen += 1
+      progress.update()
+
+    pending: list[dict[str, Any]] = []
+
+    def whole_batch(canvas_shape) -> int:
+      """Images per whole-mode call: eval.batch_size, fewer for large
+      canvases (at most eval.max_whole_pixels pixels a call, as one image
+      may have), a multiple of the local devices."""
+      fits = config.eval.max_whole_pixels // max(
+          1, segmenter.policy.whole_pixels(*canvas_shape[:2]))
+      count = max(1, min(batch_size, fits))
+      return -(-count // local_devices) * local_devices
+
+    def run_pending():
+      if not pending:
+        return
+      canvases = np.stack([e['image'] for e in pending])
+      missing = whole_batch(canvases.shape[1:]) - len(pending)
+      if missing:
+        canvases = np.concatenate(
+            [canvases, np.zeros((missing,) + canvases.shape[1:],
+                                canvases.dtype)])
+      grids = segmenter.whole_grids(states, canvases)
+      for index, example in enumerate(pending):
+        size = (int(example['height']), int(example['width']))
+        views = segmenter.whole_views(grids, index, canvases.shape[1:3],
+                                      tuple(example['valid']), size)
+        score(example, blend.finish(views, *size, num_classes)[0])
+      pending.clear()
+
+    for example in examples:
+      if seen + len(pending) >= total_local:
+        break
+      if example['mode'] == 'refused':
+        raise ConfigError(example['reason'])
+      if example['mode'] == 'whole':
+        if pending and (example['image'].shape != pending[0]['image'].shape
+                        or len(pending) == whole_batch(
+                            pending[0]['image'].shape)):
+          run_pending()
+        pending.append(example)
+        continue
+      run_pending()
+      result = segmenter.segment(states, example['image'],
+                                 name=example['file_name'])
+      score(example, result.classes)
+    run_pending()
     progress.close()
     if jax.process_count() > 1:
       confusion = np.asarray(
@@ -300,29 +254,30 @@ class Evaluator:
         split=split or config.data.eval_split,
         output_stride=config.eval.output_stride,
         scales=[float(s) for s in config.eval.scales], flip=config.eval.flip,
+        input_scale=config.eval.input_scale, modes=modes,
         seconds=round(time.perf_counter() - start, 3),
         confusion_matrix=confusion.tolist())
     return summary
 
-  def _save_results(self, group, predictions, image_dir, first: int) -> None:
-    limit = self.config.eval.num_result_images
-    preprocessing = backbones.preprocessing(self.config.model)
-    palette = self.dataset.palette
-    for offset, example in enumerate(group):
-      index = first + offset
-      if index >= limit:
-        return
-      h, w = int(example['height']), int(example['width'])
-      vh, vw = (int(v) for v in example['valid'])
-      image = preprocessing.denormalize(example['image'][:vh, :vw])
-      if (vh, vw) != (h, w):  # Resized input: show it at the original size.
+  def _save_result(self, example, prediction, image_dir, index: int
+                   ) -> None:
+    """image | ground truth | prediction | overlay of the first
+    `eval.num_result_images` images."""
+    if index >= self.config.eval.num_result_images:
+      return
+    h, w = int(example['height']), int(example['width'])
+    image = example['image']
+    if example['mode'] == 'whole':  # The canvas: its scaled image, shown
+      vh, vw = (int(v) for v in example['valid'])  # at the original size.
+      image = backbones.preprocessing(self.config.model).denormalize(
+          image[:vh, :vw])
+      if (vh, vw) != (h, w):
         image = np.asarray(Image.fromarray(image).resize((w, h),
                                                          Image.BILINEAR))
-      panel = visualize.result_panel(image, example['label'][:h, :w],
-                                     predictions[offset][:h, :w],
-                                     palette=palette)
-      stem = epath.Path(example['file_name']).stem
-      visualize.save_png(panel, image_dir / f'{index:04d}_{stem}.png')
+    panel = visualize.result_panel(image, example['label'], prediction,
+                                   palette=self.dataset.palette)
+    stem = epath.Path(example['file_name']).stem
+    visualize.save_png(panel, image_dir / f'{index:04d}_{stem}.png')
 
 
 def evaluate(config: ml_collections.ConfigDict, weights: Any, **kwargs

@@ -47,7 +47,12 @@ flags.DEFINE_string('export_format', 'tflite',
                     'export: tflite (float32, LiteRT), tflite_int8 '
                     '(full-integer, calibrated), onnx (onnxruntime), '
                     'stablehlo (jax.export) or saved_model (TF Serving).')
-flags.DEFINE_string('images', None, 'Folder of images to segment (predict).')
+flags.DEFINE_string('images', None,
+                    'predict: a folder of images, one image file, or a glob '
+                    "('photos/*.jpg', 'tiles/**/*.tif').")
+flags.DEFINE_bool('recursive', False,
+                  'predict: also segment the images in --images\' '
+                  'subfolders, mirroring the tree in --output.')
 flags.DEFINE_string('output', None,
                     'Where predict writes (default <workdir>/predictions).')
 flags.DEFINE_bool('follow', False,
@@ -75,6 +80,7 @@ def run(argv) -> None:
                            FLAGS.process_id)
   cli.run(FLAGS.config, mode=FLAGS.mode, workdir=FLAGS.workdir,
           images=FLAGS.images, output=FLAGS.output, follow=FLAGS.follow,
+          recursive=FLAGS.recursive,
           export_format=FLAGS.export_format)
 
 

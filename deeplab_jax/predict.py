@@ -1,151 +1,173 @@
-"""Predict: a folder of photos in, colour masks and overlays out.
+"""Predict: photos in, class maps and overlays out, at each photo's own size.
 
-Each image is resized so that its longer side is at most
-`config.eval.crop_size` (as the reference demo does), padded to a square of
-that size (one compiled shape for every photo), segmented with the eval
-settings, and the class map is resized back to the photo's size. A file that
-is not an image is reported by name and skipped; the rest go on.
+`--images` is a folder (its files; with `--recursive` its whole tree,
+mirrored in `--output`), one file, or a glob. Every image is read as a
+viewer shows it (EXIF orientation applied) and segmented under
+`config.eval`'s inference policy (deeplab_jax/inference/: scaled by
+`eval.input_scale`, whole or in tiles), so a 6000x4000 photo is segmented
+at full resolution in bounded memory. A file that is not an image is named
+and skipped; the rest go on.
 """
 
 from __future__ import annotations
 
+import functools
+import glob
 import json
+import os
+import pathlib
 import sys
+from collections.abc import Callable
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from etils import epath
 from flax import nnx
 from PIL import Image
 
-from deeplab_jax import inference, visualize
-from deeplab_jax.data import augment
+from deeplab_jax import visualize
+from deeplab_jax.data import images as image_io
 from deeplab_jax.data.datasets import class_names as dataset_class_names
 from deeplab_jax.data.datasets import dataset_spec
-from deeplab_jax.errors import DatasetError
-from deeplab_jax.evaluate import Progress
-from deeplab_jax.models import backbones
+from deeplab_jax.errors import ConfigError, DatasetError
+from deeplab_jax.inference import programs
+from deeplab_jax.inference.segmenter import Segmentation, Segmenter
+from deeplab_jax.progress import Progress
+
+# Overlays of larger images are written as JPEG: a photo's RGB PNG of this
+# size takes hundreds of MB and most of a minute to encode.
+PNG_OVERLAY_MAX_PIXELS = 30_000_000
+_GLOB_CHARACTERS = frozenset('*?[')
+
+
+def image_suffixes() -> frozenset[str]:
+  """File suffixes PIL reads (.jpg, .png, .tif, .webp, ...)."""
+  return frozenset(s.lower() for s, f in Image.registered_extensions().items()
+                   if f in Image.OPEN)
+
+
+def segment_function(model: nnx.Module | None,
+                     config: ml_collections.ConfigDict
+                     ) -> Callable[..., Segmentation]:
+  """(uint8 [H, W, 3] RGB photo, name=..., with_confidence=...) ->
+  its `Segmentation` under `config.eval`'s policy.
+
+  `model` None: `config.eval.runtime` runs `config.eval.model_file`, an
+  exported file, instead (deeplab_jax/inference/runtimes.py).
+  """
+  if model is None:
+    segmenter, weights = Segmenter(config), None
+  else:
+    # Folded once: BatchNorm's arithmetic is not in the per-photo program.
+    graphdef, state = nnx.split(programs.folded(model))
+    segmenter = Segmenter(config, graphdef)
+    weights = segmenter.bind(state)
+  return functools.partial(segmenter.segment, weights)
 
 
 def make_segmenter(model: nnx.Module | None,
                    config: ml_collections.ConfigDict):
   """(uint8 [H, W, 3] RGB photo) -> ([H, W] uint8 class ids, [H, W] float32
-  confidence = the winning class's probability).
+  confidence = the winning class's probability), for notebooks."""
+  segment = segment_function(model, config)
 
-  `model` None: `config.eval.runtime` runs `config.eval.model_file`, an
-  exported file, instead (deeplab_jax/export/runtimes.py).
-  """
-  size = config.eval.crop_size
-  preprocessing = backbones.preprocessing(config.model)
-  scales = tuple(float(s) for s in config.eval.scales)
-  if model is None:
-    from deeplab_jax.export import runtimes  # pylint: disable=import-outside-toplevel
-    probabilities = runtimes.make_runtime(config)
-    state = None
+  def classes_and_confidence(photo: np.ndarray
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    result = segment(photo, with_confidence=True)
+    return result.classes, result.confidence
 
-    def run(state, image):
-      del state
-      probs = probabilities(image[None])[0]
-      return np.argmax(probs, -1).astype(np.uint8), np.max(probs, -1)
-  else:
-    # Folded once: BatchNorm's arithmetic is not in the per-photo program.
-    graphdef, state = nnx.split(inference.folded(model))
-    # The weights as a flat list, flattened once: jit flattens an nnx.State
-    # at every call (0.7 ms of a 13 ms photo at 257 on 2 cores).
-    state, treedef = jax.tree.flatten(state)
-
-    @inference.jit
-    def run(state, image):
-      probs = inference.predict_probabilities(
-          nnx.merge(graphdef, jax.tree.unflatten(treedef, state)),
-          image[None], scales=scales, flip=config.eval.flip)[0]
-      return jnp.argmax(probs, -1).astype(jnp.uint8), jnp.max(probs, -1)
-
-  def segment(photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    height, width = photo.shape[:2]
-    padded, (small_h, small_w) = augment.fit_and_pad(photo, size,
-                                                     preprocessing)
-    classes, confidence = jax.device_get(run(state, padded))
-    classes = classes[:small_h, :small_w]
-    confidence = confidence[:small_h, :small_w]
-    if (small_h, small_w) != (height, width):
-      classes = np.asarray(Image.fromarray(classes).resize(
-          (width, height), Image.NEAREST))
-      confidence = np.asarray(Image.fromarray(confidence, 'F').resize(
-          (width, height), Image.BILINEAR))
-    return classes, confidence
-
-  return segment
+  return classes_and_confidence
 
 
-class ImageTooLargeError(ValueError):
-  """An image has more pixels than config.eval.max_image_pixels."""
-
-
-def read_photo(path: epath.Path, max_pixels: int | None = None
+def read_photo(path: pathlib.PathLike, max_pixels: int | None = None
                ) -> np.ndarray:
-  """RGB uint8 pixels of an image file.
-
-  16-bit and 32-bit grey images are scaled by their range to 8 bits (PIL's
-  own conversion would clip them to white); palette, grey and alpha images
-  are converted to RGB.
-
-  Raises:
-    OSError, ValueError, SyntaxError: not a readable image.
-    ImageTooLargeError: more than `max_pixels` pixels.
-  """
-  # PIL refuses images over twice its own MAX_IMAGE_PIXELS; the config's
-  # limit replaces PIL's for this read (checked below, exactly).
-  previous = Image.MAX_IMAGE_PIXELS
-  Image.MAX_IMAGE_PIXELS = None if max_pixels is None else max_pixels * 2
-  try:
-    image = Image.open(path)
-  except Image.DecompressionBombError as e:
-    raise ImageTooLargeError(
-        f'{e} (more than config.eval.max_image_pixels = {max_pixels:,}); '
-        'shrink it, or raise that limit') from None
-  finally:
-    Image.MAX_IMAGE_PIXELS = previous
-  with image:
-    width, height = image.size
-    if max_pixels is not None and width * height > max_pixels:
-      raise ImageTooLargeError(
-          f'{width}x{height} = {width * height:,} pixels, more than '
-          f'config.eval.max_image_pixels = {max_pixels:,}; shrink it, or '
-          'raise that limit')
-    image.load()
-    if image.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'):
-      pixels = np.asarray(image, np.float64)
-      top = 65535.0 if pixels.max() > 255 else 255.0
-      grey = np.clip(np.round(pixels * (255.0 / top)), 0, 255)
-      return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=-1)
-    return np.asarray(image.convert('RGB'))
+  """RGB uint8 pixels of an image file, as displayed
+  (`data.images.read_rgb`)."""
+  return image_io.read_rgb(os.fspath(path), max_pixels)
 
 
-def output_names(files: list[epath.Path]) -> dict[epath.Path, str]:
-  """{file: output name}: the stem, or stem_ext where two files share a stem
-  (dup.jpg and dup.png -> dup_jpg, dup_png), so no output overwrites another."""
-  stems: dict[str, int] = {}
+ImageTooLargeError = image_io.ImageTooLargeError
+
+
+def output_names(files: list[pathlib.Path]) -> dict[pathlib.Path, str]:
+  """{file: output name}: the stem, or stem_ext where two files of one
+  folder share a stem (dup.jpg and dup.png -> dup_jpg, dup_png), so no
+  output overwrites another."""
+  stems: dict[tuple[str, str], int] = {}
   for path in files:
-    stems[path.stem] = stems.get(path.stem, 0) + 1
-  return {path: (path.stem if stems[path.stem] == 1 else
+    key = (str(path.parent), path.stem)
+    stems[key] = stems.get(key, 0) + 1
+  return {path: (path.stem if stems[(str(path.parent), path.stem)] == 1 else
                  f'{path.stem}_{path.suffix.lstrip(".")}')
           for path in files}
 
 
-def check_folders(images_dir: str, output_dir: str) -> list[epath.Path]:
-  """The image files to segment; DatasetError before any model work when
-  the input folder is missing or empty or the output cannot be written."""
-  source = epath.Path(images_dir)
+def _inside(path: pathlib.Path, folder: pathlib.Path) -> bool:
+  path, folder = (os.path.realpath(p) for p in (path, folder))
+  return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def list_inputs(images: str, output: str, recursive: bool = False
+                ) -> tuple[pathlib.Path, list[pathlib.Path], list[pathlib.Path]]:
+  """(root, the files to segment, images left in subfolders) for
+  `--images` (a folder, a file or a glob).
+
+  Raises:
+    DatasetError: nothing there, or `--output` inside the folder read.
+  """
+  out = pathlib.Path(os.path.expanduser(output))
+  if _GLOB_CHARACTERS & set(images):
+    files = sorted(pathlib.Path(p) for p in glob.glob(
+        os.path.expanduser(images), recursive=True) if os.path.isfile(p))
+    if not files:
+      raise DatasetError(f'--images={images} matches no file.')
+    # The folder the pattern starts from: outputs mirror the tree below.
+    parts = pathlib.Path(os.path.expanduser(images)).parts
+    fixed = next(i for i, part in enumerate(parts)
+                 if _GLOB_CHARACTERS & set(part))
+    root = pathlib.Path(*parts[:fixed]) if fixed else pathlib.Path('.')
+    matched = [f for f in files if _inside(f, out)]
+    if matched:
+      raise DatasetError(
+          f'--output={output} holds {matched[0].name}, which --images='
+          f'{images} matches: a second run would segment its own masks. '
+          'Pass an --output outside what --images matches.')
+    return root, files, []
+  source = pathlib.Path(os.path.expanduser(images))
+  if source.is_file():
+    return source.parent, [source], []
   if not source.is_dir():
-    raise DatasetError(f'--images={images_dir} is not a folder of images.')
-  files = sorted(p for p in source.iterdir() if p.is_file())
+    raise DatasetError(f'--images={images} is not a folder, a file or a '
+                       'glob of images.')
+  if _inside(out, source):
+    raise DatasetError(
+        f'--output={output} is inside --images={images}: a second run would '
+        'segment its own masks. Pass an --output outside that folder.')
+  suffixes = image_suffixes()
+  if recursive:
+    files = sorted(p for p in source.rglob('*') if p.is_file() and
+                   p.suffix.lower() in suffixes and
+                   not any(part.startswith('.') for part in
+                           p.relative_to(source).parts))
+    nested: list[pathlib.Path] = []
+  else:
+    files = sorted(p for p in source.iterdir() if p.is_file())
+    nested = sorted(p for p in source.rglob('*') if p.is_file() and
+                    p.parent != source and p.suffix.lower() in suffixes)
   if not files:
-    raise DatasetError(f'--images={images_dir} holds no files.')
-  out = epath.Path(output_dir)
+    raise DatasetError(
+        f'--images={images} holds no files' +
+        (f' directly, but {len(nested)} image(s) in subfolders: add '
+         '--recursive' if nested else '') + '.')
+  return source, files, nested
+
+
+def check_folders(images_dir: str, output_dir: str,
+                  recursive: bool = False) -> list[pathlib.Path]:
+  """The image files to segment; DatasetError before any model work when
+  the input is missing or empty, or the output cannot be written."""
+  _, files, _ = list_inputs(images_dir, output_dir, recursive)
+  out = pathlib.Path(output_dir)
   try:
     out.mkdir(parents=True, exist_ok=True)
     probe = out / '.write_test'
@@ -158,59 +180,112 @@ def check_folders(images_dir: str, output_dir: str) -> list[epath.Path]:
   return files
 
 
+def _say_nested(nested: list[pathlib.Path], root: pathlib.Path) -> None:
+  if not nested:
+    return
+  folders = sorted({str(p.parent.relative_to(root)) for p in nested})
+  print(f'Not segmenting {len(nested)} image(s) in {len(folders)} '
+        f'subfolder(s) of {root} ({", ".join(folders[:3])}'
+        f'{", ..." if len(folders) > 3 else ""}): add --recursive to include '
+        'them.', flush=True)
+
+
+def write_results(out_dir: pathlib.Path, name: str, photo: np.ndarray,
+                  classes: np.ndarray, class_names, palette) -> dict[str, str]:
+  """<name>_mask.png (palette PNG of class ids) and the overlay with its
+  legend; returns {'mask': file, 'overlay': file}."""
+  out_dir.mkdir(parents=True, exist_ok=True)
+  mask = out_dir / f'{name}_mask.png'
+  visualize.save_mask_png(classes, mask, palette)
+  picture = visualize.overlay_with_legend(photo, classes, class_names)
+  if classes.size > PNG_OVERLAY_MAX_PIXELS:
+    overlay = out_dir / f'{name}_overlay.jpg'
+    Image.fromarray(picture).save(str(overlay), quality=90)
+  else:
+    overlay = out_dir / f'{name}_overlay.png'
+    visualize.save_png(picture, overlay)
+  return {'mask': mask.name, 'overlay': overlay.name}
+
+
 def predict_folder(config: ml_collections.ConfigDict, model: nnx.Module,
-                   images_dir: str, output_dir: str) -> dict[str, Any]:
-  """Segments every image file in `images_dir` into `output_dir`.
+                   images_dir: str, output_dir: str, *,
+                   recursive: bool = False) -> dict[str, Any]:
+  """Segments every image of `images_dir` (a folder, a file or a glob)
+  into `output_dir`.
 
   Writes <name>_mask.png (palette PNG whose values are class ids),
-  <name>_overlay.png, and predictions.json (class fractions per image).
-  <name> is the file's stem, or stem_ext when two files share a stem. A
-  file that cannot be read or segmented is named, skipped and counted.
+  <name>_overlay.png (or .jpg beyond `PNG_OVERLAY_MAX_PIXELS`: the class
+  colours blended over the photo, with outlines and a legend of the
+  classes present) and predictions.json (per image: its size, how it was
+  run, class fractions). <name> is the file's stem, or stem_ext when two
+  files share a stem; `recursive` mirrors the folder tree. A file that
+  cannot be read or segmented is named, skipped and counted.
 
   Raises:
     DatasetError: no image could be segmented (or the folders are unusable).
   """
-  files = check_folders(images_dir, output_dir)
-  out = epath.Path(output_dir)
+  root, files, nested = list_inputs(images_dir, output_dir, recursive)
+  check_folders(images_dir, output_dir, recursive)
+  _say_nested(nested, root)
+  out = pathlib.Path(output_dir)
   names = output_names(files)
   class_names = dataset_class_names(config)
   palette = dataset_spec(config.data).palette
-  segment = make_segmenter(model, config)
-  results, skipped = {}, {}
+  segment = segment_function(model, config)
+  results, skipped, outputs, details = {}, {}, {}, {}
+  jpeg_overlays = []
   progress = Progress('predict', len(files))
   for path in files:
+    relative = str(path.relative_to(root))
     try:
       photo = read_photo(path, config.eval.max_image_pixels)
-      classes, _ = segment(photo)
+      result = segment(photo, name=relative)
     except Exception as e:  # pylint: disable=broad-except
       # One bad file (not an image, a decompression bomb, a truncated
-      # JPEG) must not cost the others their results.
-      reason = (str(e) if isinstance(e, ImageTooLargeError)
+      # JPEG) must not cost the others their results; a mistake of the
+      # config (whole mode for an image too large) stops the run.
+      if isinstance(e, (DatasetError, ConfigError)):
+        raise
+      reason = (str(e) if isinstance(e, image_io.ImageTooLargeError)
                 else f'not a readable image ({type(e).__name__}: {e})')
       print(f'\nSkipping {path}: {reason}.', file=sys.stderr, flush=True)
       skipped[str(path)] = reason
       progress.update()
       continue
-    name = names[path]
-    visualize.save_mask_png(classes, out / f'{name}_mask.png', palette)
-    visualize.save_png(visualize.overlay(photo, classes, palette),
-                       out / f'{name}_overlay.png')
+    classes = result.classes
+    written = write_results(out / path.relative_to(root).parent, names[path],
+                            photo, classes, class_names, palette)
+    if written['overlay'].endswith('.jpg'):
+      jpeg_overlays.append(relative)
     counts = np.bincount(classes.reshape(-1), minlength=len(class_names))
-    results[path.name] = {
+    results[relative] = {
         name: round(float(c) / classes.size, 4)
         for name, c in zip(class_names, counts) if c
     }
+    folder = os.path.dirname(relative)
+    outputs[relative] = os.path.join(folder, names[path])
+    details[relative] = {
+        'mask': os.path.join(folder, written['mask']),
+        'overlay': os.path.join(folder, written['overlay']),
+        'size': [int(photo.shape[1]), int(photo.shape[0])],
+        'mode': result.mode, 'input_scale': round(result.scale, 6),
+        'tiles': result.tiles, 'seconds': round(result.seconds, 3)}
     progress.update()
   progress.close()
+  if jpeg_overlays:
+    print(f'{len(jpeg_overlays)} image(s) over '
+          f'{PNG_OVERLAY_MAX_PIXELS / 1e6:.0f} MP have their overlay written '
+          'as JPEG (quality 90; the mask stays a full-size palette PNG): '
+          f'{", ".join(jpeg_overlays[:3])}'
+          f'{", ..." if len(jpeg_overlays) > 3 else ""}.', flush=True)
   summary = {'images': len(results), 'skipped': sorted(skipped),
-             'skip_reasons': skipped,
-             'outputs': {p.name: names[p] for p in files
-                         if p.name in results},
+             'skip_reasons': skipped, 'outputs': outputs, 'files': details,
+             'not_recursed': [str(p.relative_to(root)) for p in nested],
              'class_fractions': results}
   (out / 'predictions.json').write_text(json.dumps(summary, indent=2))
   if not results:
     raise DatasetError(
         f'None of the {len(files)} file(s) in {images_dir} could be '
         f'segmented (see the lines above; {out}/predictions.json lists '
-        'them): give a folder of JPEG or PNG photos.')
+        'them): give JPEG, PNG or other image files.')
   return summary

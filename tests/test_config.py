@@ -51,7 +51,7 @@ def test_every_scalar_key_has_a_validation_rule():
                'data.random_flip', 'train.regularize_depthwise',
                'train.freeze_batch_norm', 'train.init_from',
                'data.folder', 'train.freeze_backbone',
-               'eval.resize_to_crop', 'eval.flip',
+               'eval.flip',
                'export.include_preprocessing',
                'eval.model_file'}  # Booleans and paths.
   missing = set(_leaf_keys(default_config())) - ruled - unchecked

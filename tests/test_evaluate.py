@@ -1,6 +1,6 @@
 """A short real-data run on the VOC sample: the loss falls; evaluation
 during training, after it and under --follow compiles once and writes its
-files; prediction writes its files; evaluation groups shapes correctly."""
+files; prediction writes its files."""
 
 import json
 import pathlib
@@ -166,14 +166,6 @@ def test_predict_skips_non_images_and_writes_masks(voc_run, voc_sample_dir,
       assert set(np.unique(np.asarray(mask))) <= set(range(21))
     assert (output / f'{jpeg.stem}_overlay.png').exists()
   assert json.loads((output / 'predictions.json').read_text())['images'] == 2
-
-
-def test_batches_group_equal_shapes_only():
-  shapes = [(4, 4), (4, 4), (6, 4), (4, 4), (4, 4), (4, 4)]
-  examples = [{'image': np.zeros(s + (3,))} for s in shapes]
-  groups = list(evaluate.batches_by_shape(iter(examples), batch_size=2))
-  assert [len(g) for g in groups] == [2, 1, 2, 1]
-  assert all(len({e['image'].shape for e in g}) == 1 for g in groups)
 
 
 def test_follow_evaluates_each_new_checkpoint_with_one_compile(voc_run,

@@ -9,8 +9,8 @@ only the part of the scaled image it covers is resampled (PIL's `box`), which
 gives the same pixels as scaling the whole image and then cropping, at a
 fraction of the cost for large scales.
 
-Evaluation: the whole image padded (never cropped) to at least the eval size,
-so that every labelled pixel is scored; padding is labelled ignore.
+Evaluation and prediction prepare images by the inference policy
+(deeplab_jax/inference/).
 
 The image is resampled bilinearly (PIL) and the label with nearest neighbour
 (numpy indexing), both with the pixel-centre convention, so they stay
@@ -19,19 +19,17 @@ aligned.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 from PIL import Image
 
-from deeplab_jax.data import voc
+from deeplab_jax.data import images, voc
 from deeplab_jax.models.backbones import Preprocessing
 
 
 def decode_image(data: bytes) -> Image.Image:
-  """An RGB PIL image from encoded (JPEG or PNG) bytes."""
-  image = Image.open(io.BytesIO(data))
-  return image if image.mode == 'RGB' else image.convert('RGB')
+  """An RGB PIL image from encoded (JPEG or PNG) bytes, as displayed (its
+  EXIF orientation applied: `images.open_image`)."""
+  return images.read_rgb_image(data)
 
 
 def decode_mask(data: bytes) -> np.ndarray:
@@ -113,59 +111,3 @@ def random_scale_crop_flip(image: Image.Image, mask: np.ndarray,
     out_image = out_image[:, ::-1]
     out_label = out_label[:, ::-1]
   return np.ascontiguousarray(out_image), np.ascontiguousarray(out_label)
-
-
-def pad_for_eval(image: np.ndarray, mask: np.ndarray, *, min_size: int,
-                 preprocessing: Preprocessing, ignore_label: int,
-                 multiple: int = 1
-                 ) -> tuple[np.ndarray, np.ndarray]:
-  """Pads an example at the bottom/right to at least min_size x min_size.
-
-  Args:
-    image: [H, W, 3] uint8.
-    mask: [H, W] uint8.
-    min_size: the eval crop size; larger images keep their size, rounded up
-      to `multiple`.
-    preprocessing: the backbone's input normalisation.
-    ignore_label: label of the padding.
-    multiple: padded sizes are rounded up to a multiple of this.
-
-  Returns:
-    image [H', W', 3] float32, normalised (padding = the mean pixel), label
-    [H', W'] uint8 (padding = ignore_label).
-  """
-  h, w = mask.shape
-  target_h = -(-max(h, min_size) // multiple) * multiple
-  target_w = -(-max(w, min_size) // multiple) * multiple
-  out_image = _padded((target_h, target_w, 3), preprocessing)
-  out_image[:h, :w] = preprocessing.normalize(image)
-  out_label = np.full((target_h, target_w), ignore_label, np.uint8)
-  out_label[:h, :w] = mask
-  return out_image, out_label
-
-
-def fit_and_pad(image: np.ndarray, size: int, preprocessing: Preprocessing
-                ) -> tuple[np.ndarray, tuple[int, int]]:
-  """Resizes an image so that its longer side is at most `size` (keeping its
-  aspect ratio, PIL bilinear) and pads it to size x size at the bottom/right.
-
-  This is how fixed-input exports such as the 257x257 TFLite model are fed.
-
-  Args:
-    image: [H, W, 3] uint8.
-    size: the square input size.
-    preprocessing: the backbone's input normalisation.
-
-  Returns:
-    ([size, size, 3] float32, normalised, padding = the mean pixel; (h, w) of
-    the resized image inside it).
-  """
-  height, width = image.shape[:2]
-  factor = min(1.0, size / max(height, width))
-  new_h, new_w = max(1, round(height * factor)), max(1, round(width * factor))
-  if (new_h, new_w) != (height, width):
-    image = np.asarray(Image.fromarray(image).resize((new_w, new_h),
-                                                     Image.BILINEAR))
-  out = _padded((size, size, 3), preprocessing)
-  out[:new_h, :new_w] = preprocessing.normalize(image)
-  return out, (new_h, new_w)

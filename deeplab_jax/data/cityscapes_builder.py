@@ -14,6 +14,7 @@ they are read, as the official `labels.py` defines.
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from absl import logging
 from etils import epath
 from PIL import Image
 
+from deeplab_jax.data import images as image_io
 from deeplab_jax.data.labels import IGNORE_LABEL, palette_with
 from deeplab_jax.data.features import segmentation_features
 from deeplab_jax.errors import DatasetError
@@ -125,7 +127,8 @@ class DeeplabCityscapes(tfds.core.GeneratorBasedBuilder):
       if not mask_path.exists():
         logging.warning('Skipping %s: no %s', image_path, mask_path.name)
         continue
-      with Image.open(mask_path) as mask:
+      mask, _ = image_io.open_image(os.fspath(mask_path))
+      with mask:
         ids = np.asarray(mask)
       # Label id -1 (license plate) is stored as 255 by the official tools.
       ids = np.where(ids < 0, 255, ids).astype(np.uint8)

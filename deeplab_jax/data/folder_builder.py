@@ -8,6 +8,10 @@ Layout (`config.data.folder = DIR`):
     DIR/classes.csv                      optional: name,r,g,b per class
     DIR/splits/train.txt, val.txt        optional: stems, one per line
 
+Images and masks are read as a viewer shows them: a phone photo's EXIF
+orientation is applied, and a mask must match the photo as displayed (a
+mask that matches it only as stored is named, with the orientation).
+
 Masks (`config.data.mask_format`):
   * `ids`: each pixel value is a class id (PIL mode 'P' or 'L'); 255 is the
     ignore label (never trained on or scored).
@@ -45,6 +49,7 @@ from absl import logging
 from etils import epath
 from PIL import Image
 
+from deeplab_jax.data import images
 from deeplab_jax.data.labels import IGNORE_LABEL, palette_with
 from deeplab_jax.data.features import segmentation_features
 from deeplab_jax.errors import DatasetError
@@ -268,7 +273,8 @@ def read_mask_ids(path: epath.Path, mask_format: str,
       `ids` mask that is not a palette or grey-level image.
     OSError, ValueError: the file cannot be read (skipped by the builder).
   """
-  with Image.open(path) as image:
+  image, _ = images.open_image(os.fspath(path))  # As displayed.
+  with image:
     if mask_format == 'rgb':
       rgb = np.asarray(image.convert('RGB'), np.uint8)
       packed = (rgb[..., 0].astype(np.int32) << 16 |
@@ -315,6 +321,32 @@ def check_ids(ids: np.ndarray, num_classes: int, path: epath.Path) -> None:
         'the mask.')
 
 
+def size_mismatch(image_path: epath.Path, mask_path: epath.Path,
+                  image_bytes: bytes, mask_shape: tuple[int, int],
+                  shown: tuple[int, int], turn: int) -> str:
+  """The message for a mask whose size is not its image's, saying which
+  orientation it matches when EXIF orientation explains it."""
+  mask_h, mask_w = mask_shape
+  _, mask_stored, mask_turn = images.displayed_size(mask_path.read_bytes())
+  _, stored, _ = images.displayed_size(image_bytes)
+  if turn in images.TRANSPOSING and (mask_w, mask_h) == stored:
+    return (f'{mask_path} is {mask_w}x{mask_h}, the size of {image_path.name} '
+            f'as stored, but that photo carries EXIF orientation {turn} '
+            f'({images.ORIENTATION_NAMES[turn]}): viewers, and this project, '
+            f'show it as {shown[0]}x{shown[1]}. Draw the mask on the photo as '
+            'displayed (rotate it to match), or save the photo upright '
+            'without the tag (PIL: ImageOps.exif_transpose(image).save(...)).')
+  if mask_turn in images.TRANSPOSING and mask_stored == shown:
+    return (f'{mask_path} carries EXIF orientation {mask_turn} '
+            f'({images.ORIENTATION_NAMES[mask_turn]}), which shows it as '
+            f'{mask_w}x{mask_h}; as stored it is {mask_stored[0]}x'
+            f'{mask_stored[1]}, the size of {image_path.name}: save the mask '
+            'without the orientation tag.')
+  return (f'{mask_path} is {mask_w}x{mask_h} but its image {image_path.name} '
+          f'is {shown[0]}x{shown[1]}: a mask must have its image\'s size '
+          '(resize it with nearest-neighbour sampling, or fix the pair).')
+
+
 def scan_class_ids(files: FolderFiles, mask_format: str) -> int:
   """The number of classes of `ids` masks without a classes file: the
   largest id found (other than the ignore label) plus one."""
@@ -349,7 +381,7 @@ class FolderConfig(tfds.core.BuilderConfig):
         f'{_splits_text(folder)}|{_classes_text(folder)}'.encode()
     ).hexdigest()[:12]
     super().__init__(name=f'{_slug(epath.Path(folder))}_{digest}',
-                     version=tfds.core.Version('1.0.0'),
+                     version=tfds.core.Version('1.1.0'),
                      description=f'Folder dataset {folder}.')
 
 
@@ -368,7 +400,9 @@ def _classes_text(folder: str) -> str:
 class FolderSegmentation(tfds.core.GeneratorBasedBuilder):
   """Images and masks of a folder (see the module docstring)."""
 
-  VERSION = tfds.core.Version('1.0.0')
+  # 1.1.0: images are read as displayed (EXIF orientation), so folders
+  # prepared before are prepared again.
+  VERSION = tfds.core.Version('1.1.0')
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
@@ -396,12 +430,14 @@ class FolderSegmentation(tfds.core.GeneratorBasedBuilder):
     for stem, image_path, mask_path in triples:
       try:
         image_bytes = image_path.read_bytes()
-        with Image.open(io.BytesIO(image_bytes)) as image:
-          image.load()  # A truncated or corrupt file fails here.
+        # As displayed: the EXIF orientation applied (decoding applies it
+        # again to the stored bytes when they keep it).
+        image, turn = images.open_image(image_bytes)
+        with image:
           width, height = image.size
           if image.mode != 'RGB':
             buffer = io.BytesIO()
-            image.convert('RGB').save(buffer, format='PNG')
+            Image.fromarray(images.to_rgb(image)).save(buffer, format='PNG')
             image_bytes = buffer.getvalue()
       except (OSError, SyntaxError, ValueError) as e:
         skipped.append(f'{image_path}: unreadable image ({e})')
@@ -414,11 +450,8 @@ class FolderSegmentation(tfds.core.GeneratorBasedBuilder):
         logging.warning('Skipping %s', skipped[-1])
         continue
       if ids.shape != (height, width):
-        raise DatasetError(
-            f'{mask_path} is {ids.shape[1]}x{ids.shape[0]} but its image '
-            f'{image_path.name} is {width}x{height}: a mask must have its '
-            "image's size (resize it with nearest-neighbour sampling, or "
-            'fix the pair).')
+        raise DatasetError(size_mismatch(image_path, mask_path, image_bytes,
+                                         ids.shape, (width, height), turn))
       check_ids(ids, len(c.class_names), mask_path)
       buffer = io.BytesIO()
       Image.fromarray(ids, mode='L').save(buffer, format='PNG')

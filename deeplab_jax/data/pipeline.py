@@ -28,7 +28,9 @@ from etils import epath
 from deeplab_jax.data import augment
 from deeplab_jax.data.datasets import (DatasetSpec, check_download_hosts,
                                        check_manual_dir, dataset_spec)
-from deeplab_jax.errors import DatasetError
+from deeplab_jax.errors import ConfigError, DatasetError
+from deeplab_jax.inference.policy import InferencePolicy
+from deeplab_jax.inference.segmenter import whole_canvas
 from deeplab_jax.models import backbones
 from deeplab_jax.models.backbones import Preprocessing
 
@@ -208,19 +210,21 @@ class TrainAugment(grain.transforms.RandomMap):
 
 
 class EvalPad(grain.transforms.Map):
-  """Decode + pad to at least the eval size; keeps size and file name.
+  """Decode + prepare for `config.eval`'s inference policy; keeps size and
+  file name.
 
-  With `resize`, the image is instead resized to fit the eval size and
-  padded to a square (`augment.fit_and_pad`), 'label' keeps the original
-  resolution, and 'valid' gives the resized image's size in the square.
+  'image' is the normalised float32 canvas for whole mode (the image
+  scaled by `eval.input_scale` and padded; 'valid' is the scaled image's
+  (h, w) in it), or the uint8 image itself for slide mode (the segmenter
+  scales and tiles it); 'label' keeps the image's own size. An image whole
+  mode cannot take has 'mode' 'refused' and the reason in 'reason'.
   """
 
   def __init__(self, *, dataset: DatasetSpec, preprocessing: Preprocessing,
-               min_size: int, resize: bool = False):
+               policy: InferencePolicy):
     self.dataset = dataset
     self.preprocessing = preprocessing
-    self.min_size = min_size
-    self.resize = resize
+    self.policy = policy
 
   def map(self, element: dict[str, Any]) -> dict[str, Any]:
     die_with_parent()
@@ -228,19 +232,25 @@ class EvalPad(grain.transforms.Map):
     mask = self.dataset.map_labels(
         augment.decode_mask(element['segmentation_mask']))
     height, width = mask.shape
-    if self.resize:
-      padded, valid = augment.fit_and_pad(image, self.min_size,
-                                          self.preprocessing)
-      label = mask
+    reason = ''
+    try:
+      mode = self.policy.choose(height, width)
+    except ConfigError as e:
+      mode, reason = 'refused', str(e)
+    if image.shape[:2] != (height, width):
+      mode, reason = 'refused', (
+          f'{_file_name(element["file_name"])}: the image is '
+          f'{image.shape[1]}x{image.shape[0]} but its mask {width}x{height}; '
+          'prepare the dataset again (--config.data.reprepare=True)')
+    if mode == 'whole':
+      image, valid = whole_canvas(self.policy, self.preprocessing, image)
     else:
-      padded, label = augment.pad_for_eval(
-          image, mask, min_size=self.min_size,
-          preprocessing=self.preprocessing,
-          ignore_label=self.dataset.ignore_label)
-      valid = (height, width)
+      valid = self.policy.scaled_size(height, width)
     return {
-        'image': padded,
-        'label': label,
+        'image': image,
+        'label': mask,
+        'mode': mode,
+        'reason': reason,
         'height': np.int32(height),
         'width': np.int32(width),
         'valid': np.asarray(valid, np.int32),
@@ -294,12 +304,8 @@ def train_loader(config: Any, *, batch_size: int | None = None,
 def eval_loader(config: Any, *, split: str | None = None, source=None,
                 shard_options: grain.sharding.ShardOptions | None = None,
                 worker_count: int | None = None) -> grain.DataLoader:
-  """Every example of the eval split once, in order, padded, unbatched.
-
-  Yields {'image': [H', W', 3] float32 (normalised), 'label': [H', W'] uint8
-  (padding = the dataset's ignore label), 'height', 'width' (before
-  padding), 'valid', 'file_name'}.
-  """
+  """Every example of the eval split once, in order, prepared for the
+  inference policy (`EvalPad`), unbatched."""
   d = config.data
   if source is None:
     source = data_source(d, split or d.eval_split)
@@ -310,8 +316,7 @@ def eval_loader(config: Any, *, split: str | None = None, source=None,
       num_epochs=1, seed=0)
   operations = [EvalPad(dataset=dataset_spec(d),
                         preprocessing=backbones.preprocessing(config.model),
-                        min_size=config.eval.crop_size,
-                        resize=config.eval.resize_to_crop)]
+                        policy=InferencePolicy.from_config(config))]
   return _loader(source, sampler, operations, shard_options,
                  d.num_workers if worker_count is None else worker_count,
                  d.prefetch_batches)

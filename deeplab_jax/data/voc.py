@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import io
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image
 
+from deeplab_jax.data import images
 from deeplab_jax.data.labels import bit_interleaved_palette
 
 CLASS_NAMES = (
@@ -39,9 +38,8 @@ def read_mask(source: str | bytes | BinaryIO) -> np.ndarray:
   Raises:
     ValueError: the PNG is not a palette or grey-level image.
   """
-  if isinstance(source, bytes):
-    source = io.BytesIO(source)
-  with Image.open(source) as image:
+  image, _ = images.open_image(source)  # As displayed.
+  with image:
     if image.mode not in ('P', 'L'):
       raise ValueError(
           f'mask has PIL mode {image.mode!r}; VOC masks are palette (P) or '

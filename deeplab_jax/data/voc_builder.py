@@ -35,7 +35,7 @@ from absl import logging
 from etils import epath
 from PIL import Image
 
-from deeplab_jax.data import voc
+from deeplab_jax.data import images, voc
 from deeplab_jax.data.labels import IGNORE_LABEL
 from deeplab_jax.data.features import segmentation_features
 from deeplab_jax.errors import DatasetError
@@ -281,8 +281,9 @@ def _load_example(file_id: str, mask_source: str, voc_root: epath.Path,
     mask_path = sbd_root / 'cls' / f'{file_id}.mat'
   try:
     image_bytes = image_path.read_bytes()
-    with Image.open(io.BytesIO(image_bytes)) as image:
-      image.load()  # Decodes fully: a truncated or corrupt JPEG fails here.
+    # Decodes fully (a truncated or corrupt JPEG fails here), as displayed.
+    image, _ = images.open_image(image_bytes)
+    with image:
       width, height = image.size
   except (OSError, SyntaxError, ValueError) as e:
     return None, f'{image_path}: unreadable image ({e})'

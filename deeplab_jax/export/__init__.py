@@ -55,7 +55,7 @@ def int8_report(model: Any, config: Any, path: str) -> dict[str, Any]:
   from deeplab_jax import evaluate  # pylint: disable=import-outside-toplevel
   c = config.copy_and_resolve_references()
   c.eval.scales, c.eval.flip = (1.0,), False
-  c.eval.resize_to_crop = True
+  c.eval.input_scale, c.eval.mode = 'fit', 'whole'
   c.eval.crop_size = serving.input_size(config)[0]
   c.eval.num_result_images = 0
   evaluator = evaluate.Evaluator(c)

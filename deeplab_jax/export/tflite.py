@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from deeplab_jax.data import pipeline
 from deeplab_jax.errors import MissingDependencyError
 from deeplab_jax.export import serving
+from deeplab_jax.models import backbones
 
 
 def _tensorflow():
@@ -58,11 +60,9 @@ def export(model: Any, config: Any, path: str) -> str:
 
 def calibration_images(config: Any) -> list[np.ndarray]:
   """`export.calibration_images` uint8 [1, H, W, 3] images of the eval
-  pipeline (resized to the export's input, as evaluation feeds it)."""
-  from deeplab_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-  from deeplab_jax.models import backbones  # pylint: disable=import-outside-toplevel
+  pipeline, fitted to the export's input (as evaluation feeds it)."""
   c = config.copy_and_resolve_references()
-  c.eval.resize_to_crop = True
+  c.eval.input_scale, c.eval.mode = 'fit', 'whole'
   c.eval.crop_size = serving.input_size(config)[0]
   preprocessing = backbones.preprocessing(c.model)
   images = []

@@ -52,8 +52,16 @@ class DeepLab(nnx.Module):
         conv_general_dilated=dense_conv_general_dilated, rngs=rngs)
     self.num_classes = num_classes
 
+  @property
+  def uses_image_features(self) -> bool:
+    """Whether the head pools the whole image (ASPP's image pooling): what
+    a tile of a larger image sees differs from the image's own, unless
+    given as `image_features`."""
+    return getattr(self.head, 'image_pooling', None) is not None
+
   def __call__(self, images: Array, *, rngs: nnx.Rngs | None = None,
-               upsample: bool = True) -> Array:
+               upsample: bool = True,
+               image_features: Array | None = None) -> Array:
     """Per-pixel class logits.
 
     Args:
@@ -62,12 +70,18 @@ class DeepLab(nnx.Module):
       rngs: dropout randomness (needed only in training mode).
       upsample: resize the logits to [H, W]; False returns them at the
         decoder's stride (4) or the output stride.
+      image_features: [N, 1, 1, C] mean backbone features that image
+        pooling uses instead of these images' own (`uses_image_features`).
 
     Returns:
       float32 logits (not probabilities), [N, H, W, num_classes].
     """
     endpoints = self.backbone(images)
-    x = self.head(endpoints['features'], rngs=rngs)
+    if image_features is not None and self.uses_image_features:
+      x = self.head(endpoints['features'], rngs=rngs,
+                    image_features=image_features)
+    else:
+      x = self.head(endpoints['features'], rngs=rngs)
     if self.decoder is not None:
       x = self.decoder(x, endpoints['low_level'])
     logits = self.logits(x).astype(jnp.float32)

@@ -146,13 +146,19 @@ class ASPP(_ConcatProjection):
     scopes['concat_projection'] = self.concat_projection
     return scopes
 
-  def __call__(self, features: Array, *, rngs: nnx.Rngs | None = None
-               ) -> Array:
-    """[N, h, w, C_in] backbone features -> [N, h, w, projection_channels]."""
+  def __call__(self, features: Array, *, rngs: nnx.Rngs | None = None,
+               image_features: Array | None = None) -> Array:
+    """[N, h, w, C_in] backbone features -> [N, h, w, projection_channels].
+
+    `image_features` ([N, 1, 1, C_in]) replaces the features' own mean in
+    image pooling: a tile of a large image pools the whole image's
+    features, not only its own (deeplab_jax/inference/segmenter.py).
+    """
     pooled = None
     if self.image_pooling is not None:  # Global average pool -> 1x1 conv.
-      pooled = self.image_pooling(jnp.mean(features, axis=(1, 2),
-                                           keepdims=True))
+      if image_features is None:
+        image_features = jnp.mean(features, axis=(1, 2), keepdims=True)
+      pooled = self.image_pooling(image_features.astype(features.dtype))
     branches = [self.aspp0(features)]
     branches.extend(branch(features) for branch in self.atrous)
     return self._merge(branches, rngs, pooled)

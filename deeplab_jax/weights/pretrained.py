@@ -188,8 +188,9 @@ def config_for(name: str):
   e = config.eval
   e.output_stride = entry.output_stride
   e.crop_size = entry.input_size
-  # TFLite exports have a fixed input: images are resized to fit it.
-  e.resize_to_crop = entry.format == 'tflite'
+  # TFLite exports have a fixed input: images are resized to fit it, as
+  # the official demos feed them.
+  e.input_scale = 'fit' if entry.format == 'tflite' else 'native'
   e.scales = entry.eval_scales
   e.flip = entry.eval_flip
   return config

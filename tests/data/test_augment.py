@@ -6,6 +6,8 @@ from PIL import Image
 
 from deeplab_jax.data import augment, voc
 from deeplab_jax.data.labels import IGNORE_LABEL
+from deeplab_jax.inference.policy import InferencePolicy
+from deeplab_jax.inference.segmenter import whole_canvas
 from deeplab_jax.models.backbones import INCEPTION_PREPROCESSING, Preprocessing
 
 PALETTE = voc.color_map()
@@ -101,19 +103,17 @@ def test_crop_box_shortcut_equals_resize_then_crop():
     np.testing.assert_allclose(out_image, naive_image, atol=2 / 127.5)
 
 
-def test_eval_padding_keeps_every_labelled_pixel():
-  image, label = _blocky_example(5, height=150, width=200)
-  label[0, :] = 255  # Some ignore pixels of the original.
+def test_whole_mode_canvas_keeps_every_pixel_and_pads_with_the_mean():
+  image, _ = _blocky_example(5, height=150, width=200)
   pixels = np.asarray(image)
-  out_image, out_label = augment.pad_for_eval(
-      pixels, label, min_size=193, preprocessing=PRE,
-      ignore_label=IGNORE_LABEL)
-  assert out_label.shape == (193, 200)  # Never cropped, padded to >= 193.
-  np.testing.assert_array_equal(out_label[:150, :200], label)
-  assert (out_label != 255).sum() == (label != 255).sum()
-  np.testing.assert_array_equal(out_label[150:], 255)
-  np.testing.assert_array_equal(PRE.denormalize(out_image[:150]), pixels)
-  np.testing.assert_array_equal(out_image[150:], 0.0)
+  policy = InferencePolicy(crop_size=193)
+  canvas, valid = whole_canvas(policy, PRE, pixels)
+  # Never cropped: at least the crop size, a larger side on the next
+  # k * 64 + 1.
+  assert canvas.shape == (193, 257, 3) and valid == (150, 200)
+  np.testing.assert_array_equal(PRE.denormalize(canvas[:150, :200]), pixels)
+  np.testing.assert_array_equal(canvas[150:], 0.0)
+  np.testing.assert_array_equal(canvas[:, 200:], 0.0)
 
 
 def test_normalize_matches_the_reference_preprocessing():
@@ -141,7 +141,9 @@ def test_pipeline_normalises_and_pads_the_backbones_way():
   np.testing.assert_allclose(out_image[:60, :50], expected, atol=1e-4)
   np.testing.assert_array_equal(out_image[60:], 0.0)  # The mean pixel.
   np.testing.assert_array_equal(out_label[60:], IGNORE_LABEL)
-  padded, valid = augment.fit_and_pad(np.asarray(image), 64, MEAN_SUBTRACTION)
-  assert valid == (60, 50)
+  padded, valid = whole_canvas(InferencePolicy(input_scale='fit',
+                                               crop_size=64),
+                               MEAN_SUBTRACTION, np.asarray(image))
+  assert valid == (60, 50) and padded.shape == (64, 64, 3)
   np.testing.assert_allclose(padded[:60, :50], expected, atol=1e-4)
   np.testing.assert_array_equal(padded[:, 50:], 0.0)

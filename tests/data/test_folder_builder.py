@@ -199,6 +199,55 @@ def test_a_mask_of_another_size(tmp_path):
       message
 
 
+def test_a_phone_photo_trains_upright_with_its_mask(tmp_path):
+  """Photos stored turned with EXIF orientation 6 (a phone held upright),
+  one square: the dataset holds the pixels every viewer shows, which the
+  masks were drawn on."""
+  from tests.data.test_images import STORE, with_orientation  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'phone'
+  rng = np.random.default_rng(1)
+  upright = {}
+  for stem, size in (('tall', (40, 24)), ('square', (32, 32))):
+    pixels = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+    mask = np.zeros(size, np.uint8)
+    mask[:size[0] // 3] = 1  # The top third, as displayed.
+    _write(folder, stem, pixels, mask, suffix='.png')
+    (folder / 'images' / f'{stem}.png').write_bytes(
+        with_orientation(STORE[6](pixels), 6))
+    upright[stem] = (pixels, mask)
+  (folder / 'splits').mkdir()
+  (folder / 'splits' / 'train.txt').write_text('tall\nsquare\n')
+  (folder / 'splits' / 'val.txt').write_text('tall\n')
+  config = folder_config(folder, tmp_path / 'tfds')
+  pipeline.prepare_dataset(config.data)
+  source = pipeline.data_source(config.data, 'train')
+  for index in range(len(source)):
+    example = source[index]
+    stem = pathlib.Path(example['file_name'].decode()
+                        if isinstance(example['file_name'], bytes)
+                        else example['file_name']).stem
+    pixels, mask = upright[stem]
+    np.testing.assert_array_equal(
+        np.asarray(pipeline.augment.decode_image(example['image'])), pixels)
+    np.testing.assert_array_equal(voc.read_mask(example['segmentation_mask']),
+                                  mask)
+
+
+def test_a_mask_drawn_on_the_stored_photo_names_the_orientation(tmp_path):
+  from tests.data.test_images import with_orientation  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'phone'
+  stored = np.zeros((24, 40, 3), np.uint8)  # 40x24 as stored ...
+  _write(folder, 'shot', stored, np.zeros((24, 40), np.uint8), suffix='.png')
+  (folder / 'images' / 'shot.png').write_bytes(with_orientation(stored, 6))
+  _write(folder, 'other', stored, np.zeros((24, 40), np.uint8))
+  config = folder_config(folder, tmp_path / 'tfds')
+  with pytest.raises(DatasetError, match=re.escape(
+      'shot.png is 40x24, the size of shot.png as stored, but that photo '
+      'carries EXIF orientation 6 (rotated 90 degrees clockwise): viewers, '
+      'and this project, show it as 24x40.')):
+    pipeline.prepare_dataset(config.data)
+
+
 def test_ids_beyond_the_classes(tmp_path):
   folder = _scenes(tmp_path / 'mine', count=4)
   (folder / 'classes.txt').write_text('a\nb\n')  # The masks hold id 2.

@@ -163,15 +163,15 @@ def test_exported_files_are_evaluated_by_the_eval_code(official, voc_prepared,
 
 
 def test_eval_runtime_needs_a_file_and_one_scale(official):
-  from deeplab_jax.export import runtimes  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.inference import runtimes  # pylint: disable=g-import-not-at-top
   config = official[0].copy_and_resolve_references()
   config.eval.runtime = 'litert'
   with pytest.raises(ConfigError, match='set config.eval.model_file'):
-    runtimes.make_runtime(config)
+    runtimes.make_scores(config)
   config.eval.model_file = str(official[2])
   config.eval.scales = (0.5, 1.0)
   with pytest.raises(ConfigError, match='one scale without flips'):
-    runtimes.make_runtime(config)
+    runtimes.make_scores(config)
 
 
 def test_predict_with_an_exported_file_matches_the_model(official, tmp_path,
@@ -191,22 +191,41 @@ def test_predict_with_an_exported_file_matches_the_model(official, tmp_path,
   np.testing.assert_allclose(got_confidence, want_confidence, atol=1e-3)
 
 
+def test_a_file_slides_over_an_image_larger_than_its_input(
+    official, shared_models_dir):
+  """The official 257x257 file on a 540x407 photo at native scale: tiles
+  of its input, run by LiteRT, blended like the Flax model's own."""
+  from deeplab_jax import predict  # pylint: disable=g-import-not-at-top
+  config, model, path = official[:3]
+  c = config.copy_and_resolve_references()
+  c.eval.input_scale, c.eval.slide_context = 'native', 'tile'
+  c.eval.mode, c.eval.tile_size = 'slide', 257
+  photo = np.asarray(Image.open(shared_models_dir / 'testdata' / 'cat.png')
+                     .convert('RGB'))
+  want = predict.segment_function(model, c)(photo)
+  c.eval.runtime, c.eval.model_file = 'litert', str(path)
+  got = predict.segment_function(None, c)(photo)
+  assert got.mode == want.mode == 'slide' and got.tiles == want.tiles == 6
+  assert len(np.unique(want.classes)) > 1
+  assert (got.classes == want.classes).mean() > 0.999
+
+
 def test_a_file_that_disagrees_with_the_config_is_named(official, tmp_path):
-  from deeplab_jax.export import runtimes  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.inference import runtimes  # pylint: disable=g-import-not-at-top
   config = official[0].copy_and_resolve_references()
   config.eval.runtime, config.eval.model_file = 'litert', str(official[2])
   config.eval.crop_size = 321
   with pytest.raises(ConfigError, match='takes 257x257 images.*crop_size=257'):
-    runtimes.make_runtime(config)
+    runtimes.make_scores(config)
   config.eval.crop_size = 257
   config.model.num_classes = 2
   with pytest.raises(ConfigError, match='scores 21 classes.*has 2'):
-    runtimes.make_runtime(config)
+    runtimes.make_scores(config)
   bogus = tmp_path / 'bogus.tflite'
   bogus.write_bytes(b'not a model')
   config.eval.model_file = str(bogus)
   with pytest.raises(ConfigError, match='not a TFLite file'):
-    runtimes.make_runtime(config)
+    runtimes.make_scores(config)
 
 
 def test_an_export_target_that_cannot_be_written_is_named(official,

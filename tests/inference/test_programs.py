@@ -1,10 +1,12 @@
-"""Multi-scale + flip inference."""
+"""Inference programs: multi-scale + flip probabilities, XLA options, the
+folded copy."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from deeplab_jax import inference
+from deeplab_jax.inference import programs
 from deeplab_jax.models.layers import resize_bilinear
 
 
@@ -48,24 +50,6 @@ def test_flip_averages_a_non_equivariant_model():
   np.testing.assert_allclose(np.asarray(flipped).sum(-1), 1.0, atol=1e-6)
 
 
-def test_to_original_size_equals_tf_align_corners_resize_then_argmax():
-  """The host-side resize of a padded square's valid region to the image's
-  own size, against TF's align-corners bilinear resize (an independent
-  implementation), on a non-square crop with classes close to ties."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(3)
-  probabilities = rng.random((33, 33, 6)).astype(np.float32)
-  valid, size = (33, 21), (50, 37)  # A 50x37 image resized into 33x21.
-  expected = tf.compat.v1.image.resize_bilinear(
-      probabilities[None, :33, :21], size, align_corners=True)[0].numpy()
-  ours = inference.to_original_size(probabilities, valid, size)
-  assert ours.shape == size
-  margin = np.sort(expected, -1)[..., -1] - np.sort(expected, -1)[..., -2]
-  clear = margin > 1e-5  # Pixels whose argmax float rounding cannot flip.
-  assert clear.mean() > 0.99
-  np.testing.assert_array_equal(ours[clear], expected.argmax(-1)[clear])
-
-
 def test_inference_programs_use_xla_matrix_products_on_cpu(monkeypatch):
   """inference.jit (eval, predict, benchmarks) asks XLA:CPU for its own
   matrix products instead of YNNPACK's: same values, no YNNPACK fusion
@@ -81,7 +65,7 @@ def test_inference_programs_use_xla_matrix_products_on_cpu(monkeypatch):
   np.testing.assert_allclose(ours(x, w), plain(x, w), rtol=1e-5, atol=1e-5)
   assert '__ynn_fusion' in plain.lower(x, w).compile().as_text()
   assert '__ynn_fusion' not in ours.lower(x, w).compile().as_text()
-  monkeypatch.setattr(inference, '_CPU_INFERENCE_OPTIONS',
+  monkeypatch.setattr(programs, 'CPU_INFERENCE_OPTIONS',
                       {'xla_cpu_no_such_option': ''})
   inference.compiler_options.cache_clear()
   try:

@@ -1,4 +1,6 @@
-"""Multi-scale, flipped inference (reference `predict_labels_multi_scale`).
+"""Compiled inference programs: XLA options, the folded-BatchNorm copy,
+and multi-scale, flipped probabilities (reference
+`predict_labels_multi_scale`).
 
 For each scale the (padded) image is resized with align corners, the model's
 logits at its output resolution are resized straight back to the image size,
@@ -16,8 +18,7 @@ import numpy as np
 from flax import nnx
 
 from deeplab_jax.models.deeplab import fold_batch_norm
-from deeplab_jax.models.layers import (interpolation_taps, resize_bilinear,
-                                       scale_dimension)
+from deeplab_jax.models.layers import resize_bilinear, scale_dimension
 
 
 # XLA:CPU hands matrix products to YNNPACK by default; in inference programs
@@ -25,7 +26,7 @@ from deeplab_jax.models.layers import (interpolation_taps, resize_bilinear,
 # dm0.5 257 model 13.5 -> 12.4 ms and the voc.py model at 513 138 -> 128 ms
 # (2 cores, same outputs within 1.1e-5). Train steps are faster with YNNPACK
 # (batch 4 at 513: 4.30 against 5.07 s), so only inference jits ask.
-_CPU_INFERENCE_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
+CPU_INFERENCE_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
 
 
 @functools.cache
@@ -35,11 +36,11 @@ def compiler_options() -> dict[str, str]:
   if jax.default_backend() != 'cpu':
     return {}
   try:
-    jax.jit(lambda x: x + 1, compiler_options=_CPU_INFERENCE_OPTIONS).lower(
+    jax.jit(lambda x: x + 1, compiler_options=CPU_INFERENCE_OPTIONS).lower(
         np.float32(0)).compile()
   except jax.errors.JaxRuntimeError:  # "No such compile option".
     return {}
-  return dict(_CPU_INFERENCE_OPTIONS)
+  return dict(CPU_INFERENCE_OPTIONS)
 
 
 def jit(fn: Callable, **kwargs) -> Callable:
@@ -97,42 +98,3 @@ def predict_probabilities(model, images: jax.Array, *,
       total = probs if total is None else total + probs
       count += 1
   return total / count
-
-
-def _blend_axis(x: np.ndarray, out_size: int, axis: int) -> np.ndarray:
-  """`x` resized along `axis` to `out_size`, bilinear with align corners."""
-  lo, hi, frac = interpolation_taps(x.shape[axis], out_size)
-  shape = [1] * x.ndim
-  shape[axis] = out_size
-  frac = frac.astype(x.dtype).reshape(shape)
-  low = np.take(x, lo, axis=axis)
-  out = np.take(x, hi, axis=axis)
-  out -= low  # In place: one temporary fewer (1.5x faster at VOC sizes).
-  out *= frac
-  out += low
-  return out
-
-
-def to_original_size(probabilities: np.ndarray, valid: Sequence[int],
-                     size: Sequence[int]) -> np.ndarray:
-  """Class ids at the original image size from probabilities of a resized
-  and padded input (host-side numpy, any size).
-
-  Args:
-    probabilities: [S, S, C] for the padded square input.
-    valid: (h, w) of the resized image inside the square.
-    size: (H, W) of the original image.
-
-  Returns:
-    [H, W] int class ids: the valid region's probabilities resized with
-    align corners, then argmax.
-  """
-  h, w = int(valid[0]), int(valid[1])
-  probs = np.asarray(probabilities[:h, :w], np.float32)
-  # Each output value blends two rows, then two columns, where products
-  # with the interpolation matrices did h + w multiply-adds: a 500x375 VOC
-  # image from a 257 input, 21 classes, 29.5 -> 20.8 ms with the argmax
-  # (np.einsum of the matrices took 0.5-0.7 s).
-  resized = _blend_axis(probs, int(size[0]), axis=0)  # [H, w, C]
-  resized = _blend_axis(resized, int(size[1]), axis=1)  # [H, W, C]
-  return np.argmax(resized, axis=-1)

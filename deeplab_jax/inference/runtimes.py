@@ -2,11 +2,27 @@
 `config.eval.runtime` ('litert' | 'onnxruntime' | 'stablehlo') with
 `config.eval.model_file`.
 
-A runtime maps normalised float32 images [N, H, W, 3] (what the eval
-pipeline gives the model) to class probabilities [N, H, W, classes], so
-that evaluation measures an export with the same resize and metrics as the
-model it came from. Files taking uint8 (`export.include_preprocessing`)
-get the pixels back through the backbone's `denormalize`.
+A runtime maps normalised float32 images [N, S, S, 3] (what the eval
+pipeline gives the model) to class scores [N, S, S, classes] that act as
+logits (a file that outputs probabilities gives their logarithm), so that
+evaluation and prediction measure an export with the same policy and
+metrics as the model it came from. Files taking uint8
+(`export.include_preprocessing`) get the pixels back through the backbone's
+`denormalize`.
+
+Exported files keep a fixed S x S input. An image that does not fit it is
+slid over (`config.eval.mode`, deeplab_jax/inference/segmenter.py): tiles
+of S x S every `eval.tile_stride` pixels, each run through the file, and
+the scores at every e-th pixel (e = the model's logit stride: there the
+file's align-corners upsampling returns its logits exactly) summed on one
+grid and averaged where tiles overlap. By hand, for one [H, W, 3] image:
+
+    run = make_scores(config)                       # [1, S, S, 3] -> scores
+    for top in range(0, H - S + stride, stride):    # rows of tiles ...
+      for left in range(0, W - S + stride, stride): # ... padded past the edge
+        scores = run(pad(image[top:top + S, left:left + S]))
+        total[top:top + S, left:left + S] += scores[0]; count[...] += 1
+    classes = argmax(total / count)
 """
 
 from __future__ import annotations
@@ -22,12 +38,6 @@ from deeplab_jax.errors import ConfigError, MissingDependencyError
 from deeplab_jax.models import backbones
 
 RUNTIMES = ('jax', 'litert', 'onnxruntime', 'stablehlo')
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-  shifted = logits - logits.max(axis=-1, keepdims=True)
-  e = np.exp(shifted)
-  return e / e.sum(axis=-1, keepdims=True)
 
 
 def _litert(path: str, check: Callable[..., None]
@@ -93,8 +103,8 @@ def _check(path: str, input_shape: tuple, output_shape: tuple, *,
   if None not in hw and hw != size:
     raise ConfigError(
         f'{path} takes {hw[0]}x{hw[1]} images, the config gives {size[0]}x'
-        f'{size[1]}: set config.eval.crop_size={hw[0]} (and '
-        'config.eval.resize_to_crop=True).')
+        f'{size[1]}: set config.eval.crop_size={hw[0]} (images larger than '
+        "that are slid over, or shrunk with config.eval.input_scale='fit').")
   last = known(output_shape[-1]) if len(output_shape) == 4 else None
   if last is not None and last != classes:
     raise ConfigError(
@@ -102,9 +112,19 @@ def _check(path: str, input_shape: tuple, output_shape: tuple, *,
         '(config.model.num_classes): use the config it was exported with.')
 
 
-def make_runtime(config: Any) -> Callable[[np.ndarray], np.ndarray]:
-  """images -> probabilities for `config.eval.model_file` under
-  `config.eval.runtime` (ConfigError for what cannot work)."""
+def grid_stride(config: Any, size: int) -> int:
+  """Pixels between the exported model's own logits in its S x S output:
+  the decoder's stride (4) or the output stride, where S - 1 is a
+  multiple of it (else 1: every pixel)."""
+  stride = (4 if config.model.decoder.type == 'deeplabv3plus'
+            else int(config.eval.output_stride))
+  return stride if (size - 1) % stride == 0 else 1
+
+
+def make_scores(config: Any) -> Callable[[np.ndarray], np.ndarray]:
+  """images -> scores (logits, or log-probabilities) for
+  `config.eval.model_file` under `config.eval.runtime` (ConfigError for what
+  cannot work)."""
   e = config.eval
   path = e.model_file
   if not path or not os.path.exists(path):
@@ -124,14 +144,17 @@ def make_runtime(config: Any) -> Callable[[np.ndarray], np.ndarray]:
   include = config.export.include_preprocessing
   output = config.export.output
 
-  def probabilities(images: np.ndarray) -> np.ndarray:
+  if output == 'argmax':
+    raise ConfigError('Evaluating needs scores: export with '
+                      "config.export.output='logits' or 'probabilities'.")
+
+  def scores(images: np.ndarray) -> np.ndarray:
     images = np.asarray(images, np.float32)
     if include:
       images = preprocessing.denormalize(images)
-    out = run(images)
-    if output == 'argmax':
-      raise ConfigError('Evaluating needs scores: export with '
-                        "config.export.output='logits' or 'probabilities'.")
-    return out if output == 'probabilities' else _softmax(out)
+    out = np.asarray(run(images), np.float32)
+    if output == 'probabilities':  # Softmax is shift-invariant: log p works.
+      return np.log(np.maximum(out, np.float32(1e-30)))
+    return out
 
-  return probabilities
+  return scores
