@@ -79,7 +79,7 @@ class OursTrain:
     config.train.batch_size = batch
     config.data.crop_size = crop
     config.model.dtype = dtype
-    _apply_overrides(config, overrides)
+    apply_overrides(config, overrides)
     # BatchNorm trains on batch statistics, as the peer's does.
     config.train.batch_norm_min_batch = 1
     self.trainer = train.Trainer(config, num_steps=100_000)
@@ -102,7 +102,7 @@ class OursTrain:
     return _jax_peak_bytes(self._jax)
 
 
-def _apply_overrides(config, overrides) -> None:
+def apply_overrides(config, overrides) -> None:
   """'model.depthwise_impl=shifted' -> config.model.depthwise_impl; values
   are Python literals where they parse as one, else strings."""
   import ast
@@ -146,7 +146,7 @@ class OursInfer:
       config = load_config_file(str(REPO / 'configs/voc.py'))
       output_stride = config.model.output_stride
     config.model.dtype = dtype
-    _apply_overrides(config, overrides)
+    apply_overrides(config, overrides)
     model = create_model(config.model, output_stride=output_stride,
                          rngs=nnx.Rngs(0))
     # What predict runs: the inference copy with BatchNorm folded into the
@@ -425,7 +425,7 @@ def _scenarios(args) -> list[tuple[str, int, int,
   return scenarios
 
 
-def _variant_spec(variant: str, argv: list[str], env: dict[str, str]
+def variant_spec(variant: str, argv: list[str], env: dict[str, str]
                   ) -> tuple[str, list[str], dict[str, str]]:
   """(worker name, argv, environment) of one --variants item: '--xla...'
   words go to XLA_FLAGS (replacing the caller's), 'NAME=VALUE' words with an
@@ -440,7 +440,7 @@ def _variant_spec(variant: str, argv: list[str], env: dict[str, str]
   return f'ours[{variant.strip() or "default"}]', argv, worker_env
 
 
-def _trace_path(root: str, label: str, name: str) -> pathlib.Path:
+def trace_path(root: str, label: str, name: str) -> pathlib.Path:
   """ROOT/<scenario>/<worker>, in letters, digits, '.', '_' and '-'."""
   clean = lambda text: re.sub(r'[^A-Za-z0-9._-]+', '_', text).strip('_')
   return pathlib.Path(root).resolve() / clean(label) / clean(name)
@@ -476,11 +476,11 @@ def compare(args) -> list[dict]:
     for name, argv in peers:
       if name == 'ours' and variants:
         # One worker per variant, to measure a lever.
-        specs += [_variant_spec(v, argv, env) for v in variants]
+        specs += [variant_spec(v, argv, env) for v in variants]
         continue
       specs.append((name, argv, env))
     # Each worker profiles once: in --one_at_a_time, in its first round.
-    trace_argv = {name: ['--trace', str(_trace_path(args.trace, label, name)),
+    trace_argv = {name: ['--trace', str(trace_path(args.trace, label, name)),
                          '--trace_steps', str(args.trace_steps)]
                   if args.trace else [] for name, _, _ in specs}
     times = {name: [] for name, _, _ in specs}

@@ -16,7 +16,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from deeplab_jax.models.layers import shifted_sum_autodiff, depthwise_conv
+from deeplab_jax.ops.depthwise import depthwise_conv, shifted_sum_autodiff
 
 # (name, spatial size, channels, stride, rate) at a 513 input, OS 16.
 LAYERS = (

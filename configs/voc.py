@@ -8,14 +8,9 @@ output stride 16 to train and 8 to evaluate with multi-scale + flip.
     python main.py --config=configs/voc.py --workdir=runs/voc
     python main.py --config=configs/voc.py --workdir=runs/voc --mode=eval
 
-Measured here (2 CPU cores, no GPU; `python benchmarks/compare.py
---one_at_a_time`, 2026-11-27, the README's Benchmarks; BatchNorm on batch
-statistics): 3.4 s per train step at batch 4 (PyTorch eager on the same
-network: 4.4 s), 9.2 s at batch 8 (PyTorch: 12.5 s); on one H200, 30.5 ms
-per step of 16 in bfloat16 (PyTorch eager: 70.7 ms). A full run (30,000
-steps of 16 on train_aug) needs a GPU and was not made on this machine;
-the reference reports 75.32% val mIoU for the model-zoo MobileNetV2 network
-without decoder (configs/voc_mnv2_reference.py) at OS 8.
+Not run to the end here (30,000 steps of 16 need a GPU; 2 CPU cores: 3.4 s
+a step of 4). The reference reports 75.32% val mIoU for the zoo's
+MobileNetV2 network without decoder (configs/voc_mnv2_reference.py).
 """
 
 from deeplab_jax.config import default_config

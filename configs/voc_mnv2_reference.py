@@ -6,13 +6,9 @@ train_aug, evaluated at output stride 8, single scale).
 
     python main.py --config=configs/voc_mnv2_reference.py --workdir=runs/mnv2
 
-Measured here (2 CPU cores, no GPU; `python benchmarks/train_step.py
---config=configs/voc_mnv2_reference.py --batch_size=4`, 2026-11-27;
-BatchNorm frozen below 12 images a device):
-2.29 s/step at batch 4 (1.75 images/s) after 11.9 s of compiling and the
-first step (5.7 s/step before 1x1 convs became matrix products on CPU). The
-published weights of this network load and evaluate through
-configs/voc_pretrained.py (sample mIoU there).
+Not run to the end here (2 CPU cores: 2.3 s a step of 4). The published
+weights of this network load and evaluate through
+configs/voc_pretrained.py.
 """
 
 from deeplab_jax.config import default_config

@@ -3,16 +3,11 @@ configs/voc_resnet50.py with 23 units in block 3, initialised from the zoo's
 `resnet_v1_101_beta_imagenet` (477 MB, downloaded once).
 
     python main.py --config=configs/voc_resnet101.py --workdir=runs/r101
-    python main.py --config=configs/voc_resnet101.py --mode=summary
 
-Measured here (2 CPU cores, no GPU; `python benchmarks/train_step.py
---config=configs/voc_resnet101.py --batch_size=4`, 2026-11-27; BatchNorm
-frozen, as the config runs it below 12 images a device): 21.7 s per train
-step at batch 4, 513 crops; 45,935,365 parameters and BatchNorm
-statistics. No full run was made here.
-
-Keras's ImageNet ResNet101: add --config.model.backbone.stem=7x7
---config.model.backbone.layout=keras --config.train.init_from=keras_imagenet.
+Not run to the end here (a GPU and the download; 2 CPU cores: 21.7 s a
+step of 4). 45.9 M parameters. Keras's ImageNet ResNet101:
+--config.model.backbone.stem=7x7 --config.model.backbone.layout=keras
+--config.train.init_from=keras_imagenet.
 """
 
 from deeplab_jax.config import default_config

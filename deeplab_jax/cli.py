@@ -259,7 +259,7 @@ def run(config: Any, *, mode: str, workdir: str | None = None,
              else ''))
     return summary
   if mode == 'export':
-    _, suffix = export.get_exporter(export_format)  # Before the model.
+    suffix = export.get_exporter(export_format).suffix  # Before the model.
     name = f'model_os{config.eval.output_stride}{suffix}'
     output = output or os.path.join(workdir or '.', 'export', name)
     if os.path.exists(output):
@@ -275,9 +275,39 @@ def run(config: Any, *, mode: str, workdir: str | None = None,
     print(f'Exported {export_format} to {output} ({size / 2**20:.1f} MiB, '
           f'{time.time() - start:.1f} s).', flush=True)
     if export_format == 'tflite_int8':  # What quantisation cost, measured.
-      r = export.int8_report(model, config, output)
+      r = int8_report(model, config, output)
       print(f'mIoU on {r["images"]} {r["split"]} images: float '
             f'{r["float_miou"]:.4f}, int8 {r["int8_miou"]:.4f} '
             f'({output}.json).', flush=True)
     return output
   raise ConfigError(f'Unknown --mode={mode}.')
+
+
+def int8_report(model: Any, config: Any, path: str) -> dict[str, Any]:
+  """Scores the Flax model and its int8 file `path` with the same eval code
+  (one scale, no flips, images fitted to the export's input) on the eval
+  split (`eval.max_images` of it; the file was calibrated on
+  `export.calibration_split`), and writes the figures to PATH.json."""
+  c = config.copy_and_resolve_references()
+  c.eval.scales, c.eval.flip = (1.0,), False
+  c.eval.input_scale, c.eval.mode = 'fit', 'whole'
+  c.eval.crop_size = export.serving.input_size(config)[0]
+  c.eval.num_result_images = 0
+  evaluator = evaluate.Evaluator(c)
+  float_summary = evaluator.evaluate(model, workdir=None)
+  c.eval.runtime, c.eval.model_file = 'litert', path
+  c.export.include_preprocessing = True
+  int8_summary = evaluate.evaluate(c, None, workdir=None)
+  report = {
+      'file': os.path.basename(path), 'bytes': os.path.getsize(path),
+      'calibration_images': config.export.calibration_images,
+      'calibration_split': config.export.calibration_split,
+      'dataset': c.data.dataset, 'split': int8_summary['split'],
+      'images': int8_summary['images'],
+      'float_miou': float_summary['miou'], 'int8_miou': int8_summary['miou'],
+      'float_pixel_accuracy': float_summary['pixel_accuracy'],
+      'int8_pixel_accuracy': int8_summary['pixel_accuracy'],
+  }
+  with open(path + '.json', 'w') as f:
+    json.dump(report, f, indent=2)
+  return report

@@ -24,17 +24,20 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from deeplab_jax.data.datasets import DATASETS
+from deeplab_jax.data.folder_builder import MASK_FORMATS
 from deeplab_jax.errors import ConfigError
+from deeplab_jax.export.serving import OUTPUTS
 from deeplab_jax.inference import policy
+from deeplab_jax.inference.runtimes import runtime_names
 from deeplab_jax.models import backbones
+from deeplab_jax.models.decoder import DECODERS
+from deeplab_jax.models.deeplab import DTYPES
+from deeplab_jax.models.heads import HEADS
+from deeplab_jax.ops.depthwise import CONV_IMPLEMENTATIONS
+from deeplab_jax.optim import LR_SCHEDULES, OPTIMIZERS
 
 OUTPUT_STRIDES = (8, 16, 32)
-HEAD_TYPES = ('aspp', 'dpc')
-DECODER_TYPES = ('deeplabv3plus', 'upsample')
-DEPTHWISE_IMPLS = ('auto', 'shifted', 'shifted_forward', 'native')
-DTYPES = ('float32', 'bfloat16')
-OPTIMIZERS = ('sgd', 'adam')
-LR_SCHEDULES = ('poly', 'constant', 'inverse_time', 'cosine')
 DPC_OPS = ('conv', 'pyramid_pooling')
 # Keys that were replaced: the message says by what.
 RENAMED_KEYS = {
@@ -67,7 +70,7 @@ def default_config() -> ml_collections.ConfigDict:
   # 'auto': the shifted-sum depthwise conv on CPU and on GPUs in float32;
   # on GPUs in bfloat16 its forward with the native conv's gradients
   # ('shifted_forward'); the native conv elsewhere ('native'). Why:
-  # layers._shifted_depthwise_pays and _shifted_forward_pays.
+  # deeplab_jax/ops/depthwise.py.
   m.depthwise_impl = 'auto'
   # BatchNorm of the heads and decoder (reference: decay 0.9997, eps 1e-5).
   m.bn_momentum = 0.9997
@@ -111,8 +114,8 @@ def default_config() -> ml_collections.ConfigDict:
   # ----------------------------------------------------------------- data
   c.data = ml_collections.ConfigDict()
   d = c.data
-  # A name of deeplab_jax.data.datasets.DATASETS (voc2012 | voc2012_aug |
-  # demo | folder | cityscapes | ade20k); its spec gives the classes, palette and ignore label.
+  # A name of deeplab_jax.data.datasets.DATASETS; its spec gives the
+  # classes, palette and ignore label.
   d.dataset = 'voc2012'
   d.data_dir = config_dict.placeholder(str)  # TFDS data_dir; None: default.
   d.manual_dir = config_dict.placeholder(str)  # VOC tars or VOCdevkit/.
@@ -240,8 +243,10 @@ def default_config() -> ml_collections.ConfigDict:
   # mobile exports); False: float32 normalised like the model's input.
   x.include_preprocessing = False
   x.output = 'logits'  # logits | probabilities | argmax
-  # tflite_int8: eval-pipeline images of config.data that calibrate it.
+  # tflite_int8: images of this split of config.data (unaugmented, fitted
+  # to the input) calibrate it; the int8 report scores the eval split.
   x.calibration_images = 100
+  x.calibration_split = 'train'
   return c
 
 
@@ -292,6 +297,12 @@ CHECKS = backbones.ConfigChecks(one_of=one_of, positive_int=positive_int,
 # config, for limits that depend on another key.
 def _choice(allowed: Sequence[Any]) -> Check:
   return lambda key, value, config: one_of(key, value, allowed)
+
+
+def _registered(names: Callable[[], Sequence[str]]) -> Check:
+  """One of the names a registry holds when the config is checked (so a
+  part registered after import, by a test or a user's module, counts)."""
+  return lambda key, value, config: one_of(key, value, tuple(names()))
 
 
 def _int(minimum: int = 1) -> Check:
@@ -356,14 +367,6 @@ def _input_scale(key: str, value: Any, config: Any) -> None:
                 'e.g. 0.5') from None
 
 
-def _dataset_name(key: str, value: Any, config: Any) -> None:
-  del config
-  if not isinstance(value, str) or not value:
-    raise _fail(key, value,
-                'name a dataset: voc2012, voc2012_aug, demo, folder, '
-                'cityscapes or ade20k')
-
-
 _INF = float('inf')
 
 # (key under `config.`, check): every scalar key of the schema but the
@@ -372,12 +375,12 @@ RULES: tuple[tuple[str, Check], ...] = (
     ('seed', _int(0)),
     ('model.num_classes', _num_classes),
     ('model.output_stride', _choice(OUTPUT_STRIDES)),
-    ('model.dtype', _choice(DTYPES)),
-    ('model.depthwise_impl', _choice(DEPTHWISE_IMPLS)),
+    ('model.dtype', _registered(lambda: DTYPES)),
+    ('model.depthwise_impl', _registered(lambda: CONV_IMPLEMENTATIONS)),
     ('model.bn_momentum', _number(0.0, 1.0)),
     ('model.bn_epsilon', _number(0.0, 1.0, lo_open=True)),
     ('model.classifier_kernel_size', _choice((1, 3))),
-    ('model.head.type', _choice(HEAD_TYPES)),
+    ('model.head.type', _registered(HEADS.names)),
     ('model.head.channels', _int()),
     ('model.head.projection_channels', _int()),
     ('model.head.atrous_rates', _int_tuple(
@@ -385,11 +388,11 @@ RULES: tuple[tuple[str, Check], ...] = (
     ('model.head.conv_rate_multiplier', _optional(_int())),
     ('model.head.separable_depth_multiplier', _int()),
     ('model.head.dropout_rate', _number(0.0, 1.0, hi_open=True)),
-    ('model.decoder.type', _choice(DECODER_TYPES)),
+    ('model.decoder.type', _registered(DECODERS.names)),
     ('model.decoder.low_level_channels', _int()),
     ('model.decoder.channels', _int()),
-    ('data.dataset', _dataset_name),
-    ('data.mask_format', _choice(('ids', 'rgb', 'binary'))),
+    ('data.dataset', _registered(DATASETS.names)),
+    ('data.mask_format', _choice(MASK_FORMATS)),
     ('data.val_fraction', _number(0.0, 1.0, lo_open=True, hi_open=True)),
     ('data.crop_size', _int(16)),
     ('data.min_scale', _number(0.0, 100.0, lo_open=True)),
@@ -400,13 +403,13 @@ RULES: tuple[tuple[str, Check], ...] = (
     ('train.batch_size', _int()),
     ('train.num_steps', _int()),
     ('train.num_epochs', _optional(_number(0.0, 1e9, lo_open=True))),
-    ('train.optimizer', _choice(OPTIMIZERS)),
+    ('train.optimizer', _registered(OPTIMIZERS.names)),
     ('train.learning_rate', _number(0.0, 10.0, lo_open=True)),
     ('train.momentum', _number(0.0, 1.0, hi_open=True)),
     ('train.adam_b1', _number(0.0, 1.0, hi_open=True)),
     ('train.adam_b2', _number(0.0, 1.0, hi_open=True)),
     ('train.adam_eps', _number(0.0, 1.0, lo_open=True)),
-    ('train.lr_schedule', _choice(LR_SCHEDULES)),
+    ('train.lr_schedule', _registered(LR_SCHEDULES.names)),
     ('train.poly_power', _number(0.0, 100.0)),
     ('train.end_learning_rate',
      _number(0.0, lambda c: c.train.learning_rate)),
@@ -443,10 +446,10 @@ RULES: tuple[tuple[str, Check], ...] = (
     ('eval.max_images', _optional(_int())),
     ('eval.max_image_pixels', _int()),
     ('eval.follow_timeout', _number(0.0, 1e9)),
-    ('eval.runtime', _choice(('jax', 'litert', 'onnxruntime', 'stablehlo'))),
+    ('eval.runtime', _registered(runtime_names)),
     ('export.input_size', _int(0)),
     ('export.calibration_images', _int()),
-    ('export.output', _choice(('logits', 'probabilities', 'argmax'))),
+    ('export.output', _choice(OUTPUTS)),
 )
 
 
@@ -529,7 +532,7 @@ def validate_backbone_config(backbone_config: Any,
     raise _fail(key, backbone_config, 'use a group of backbone settings '
                 "(backbones.backbone_config('mobilenet_v2'))")
   name = backbone_config.get('name')
-  one_of(f'{key}.name', name, tuple(backbones.BACKBONES))
+  one_of(f'{key}.name', name, backbones.BACKBONES.names())
   cls = backbones.get_backbone(name)
   schema = cls.default_config()
   stray = [k for k in backbone_config.keys() if k not in schema]

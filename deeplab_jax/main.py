@@ -30,6 +30,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from deeplab_jax.errors import DeepLabError
+# The export formats' names for --help (the registry is their one list).
+from deeplab_jax.export import EXPORT_FORMATS
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -44,9 +46,8 @@ flags.DEFINE_enum('mode', 'train',
                   '(parameter counts), prepare (build the dataset only), '
                   'export (a deployable file, --export_format).')
 flags.DEFINE_string('export_format', 'tflite',
-                    'export: tflite (float32, LiteRT), tflite_int8 '
-                    '(full-integer, calibrated), onnx (onnxruntime), '
-                    'stablehlo (jax.export) or saved_model (TF Serving).')
+                    'export: the file format, one of '
+                    f'{", ".join(EXPORT_FORMATS)} (README, "Deploy").')
 flags.DEFINE_string('images', None,
                     'predict: a folder of images, one image file, or a glob '
                     "('photos/*.jpg', 'tiles/**/*.tif').")

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from absl import logging
+from tensorboardX import SummaryWriter
+from tensorboardX.summary import hparams as hparams_summary
 
 
 class MetricWriter:
@@ -30,7 +32,6 @@ class MetricWriter:
     self.logdir = str(logdir)
     self._writer = None
     if not just_logging:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._writer = SummaryWriter(logdir=self.logdir, flush_secs=30)
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
@@ -45,7 +46,6 @@ class MetricWriter:
     """The run's config as TensorBoard hyper-parameters (HPARAMS tab)."""
     if self._writer is None:
       return
-    from tensorboardX.summary import hparams as hparams_summary  # pylint: disable=g-import-not-at-top
     experiment, start, end = hparams_summary(dict(hparams), {})
     file_writer = self._writer.file_writer
     for summary in (experiment, start, end):

@@ -1,13 +1,16 @@
 """The optimizer of the reference recipe and its variants, as optax.
 
-* Learning rate: poly (reference), cosine, constant or Keras inverse-time
-  decay, with an optional linear warmup.
+* Learning rate: `LR_SCHEDULES` (poly, the reference's; cosine, constant,
+  Keras inverse-time decay), with an optional linear warmup.
 * L2 weight decay on conv kernels only (not BatchNorm, not biases; not
   depthwise kernels unless `regularize_depthwise`), and the reference's 2x
   learning rate for conv biases, as pytree masks computed once from the
   model (`parameter_masks`) and applied by `optax.masked`.
-* SGD with momentum or Adam; optionally Keras-style ReduceLROnPlateau on the
-  training loss (pass `value=loss` to `update`).
+* `OPTIMIZERS`: SGD with momentum or Adam; optionally Keras-style
+  ReduceLROnPlateau on the training loss (pass `value=loss` to `update`).
+
+Adding an optimizer or a schedule: its function (here or in a module of
+its own) and one line in its registry.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from deeplab_jax.checkpoints import key_path
+from deeplab_jax.registry import Registry
+from deeplab_jax.weights.tree import key_path
 
 
 def num_train_steps(train_config: Any, num_examples: int) -> int:
@@ -33,23 +37,56 @@ def num_train_steps(train_config: Any, num_examples: int) -> int:
   return t.num_steps
 
 
+def poly(t: Any, lr: float, decay_steps: int) -> optax.Schedule:
+  """The reference's: lr * (1 - step / steps) ** power, down to end_lr."""
+  return optax.polynomial_schedule(lr, t.end_learning_rate, t.poly_power,
+                                   decay_steps)
+
+
+def cosine(t: Any, lr: float, decay_steps: int) -> optax.Schedule:
+  return optax.cosine_decay_schedule(lr, decay_steps,
+                                     alpha=t.end_learning_rate / lr)
+
+
+def inverse_time(t: Any, lr: float, decay_steps: int) -> optax.Schedule:
+  """Keras-2 `decay`: lr / (1 + decay * step)."""
+  del decay_steps
+  decay = t.inverse_time_decay
+  return lambda step: lr / (1.0 + decay * step)
+
+
+def constant(t: Any, lr: float, decay_steps: int) -> optax.Schedule:
+  del t, decay_steps
+  return optax.constant_schedule(lr)
+
+
+# config.train.lr_schedule -> (train config, peak lr, steps after warmup)
+# -> schedule.
+LR_SCHEDULES = Registry('learning-rate schedule', 'config.train.lr_schedule',
+                        {'poly': poly, 'cosine': cosine,
+                         'inverse_time': inverse_time, 'constant': constant})
+
+
+def sgd(t: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
+  return optax.sgd(schedule, momentum=t.momentum)
+
+
+def adam(t: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
+  return optax.adam(schedule, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps)
+
+
+# config.train.optimizer -> (train config, schedule) -> transformation.
+OPTIMIZERS = Registry('optimizer', 'config.train.optimizer',
+                      {'sgd': sgd, 'adam': adam})
+
+
 def learning_rate_schedule(train_config: Any,
                            num_steps: int) -> optax.Schedule:
-  """The learning rate at each step (see the module docstring)."""
+  """The learning rate at each step: `LR_SCHEDULES[lr_schedule]` after an
+  optional linear warmup."""
   t = train_config
   lr, warmup = t.learning_rate, t.warmup_steps
-  decay_steps = max(1, num_steps - warmup)
-  if t.lr_schedule == 'poly':
-    main = optax.polynomial_schedule(lr, t.end_learning_rate, t.poly_power,
-                                     decay_steps)
-  elif t.lr_schedule == 'cosine':
-    main = optax.cosine_decay_schedule(lr, decay_steps,
-                                       alpha=t.end_learning_rate / lr)
-  elif t.lr_schedule == 'inverse_time':
-    decay = t.inverse_time_decay
-    main = lambda step: lr / (1.0 + decay * step)
-  else:
-    main = optax.constant_schedule(lr)
+  main = LR_SCHEDULES.lookup(t.lr_schedule)(t, lr, max(1, num_steps - warmup))
   if warmup <= 0:
     return main
   return optax.join_schedules(
@@ -130,11 +167,7 @@ def create_optimizer(train_config: Any, num_steps: int,
   if t.bias_lr_multiplier != 1.0:
     parts.append(optax.masked(optax.scale(t.bias_lr_multiplier),
                               masks.conv_bias))
-  if t.optimizer == 'sgd':
-    parts.append(optax.sgd(schedule, momentum=t.momentum))
-  else:
-    parts.append(optax.adam(schedule, b1=t.adam_b1, b2=t.adam_b2,
-                            eps=t.adam_eps))
+  parts.append(OPTIMIZERS.lookup(t.optimizer)(t, schedule))
   if t.reduce_on_plateau_factor is not None:
     parts.append(optax.contrib.reduce_on_plateau(
         factor=t.reduce_on_plateau_factor,

@@ -31,7 +31,7 @@ from deeplab_jax.data import pipeline
 from deeplab_jax.data.datasets import class_names, dataset_spec
 from deeplab_jax.errors import CheckpointError, NonFiniteLossError
 from deeplab_jax.models import create_model, with_output_stride
-from deeplab_jax.weights import pretrained
+from deeplab_jax.weights import pretrained, tree
 
 
 @flax.struct.dataclass
@@ -220,9 +220,8 @@ def all_finite(tree: Any) -> jax.Array:
 
   The leaves are flattened into one vector first: a reduction per leaf
   would be ~500 kernels in a MobileNetV2 train step, which made XLA:CPU
-  compile the step ~3 s (20-30%) slower. XLA:CPU materialises the
-  concatenation (one copy of the state, ~22 MB for configs/voc.py), which
-  measured no slower: 5.68 s per batch-4 step either way, alternating A/B.
+  compile the step 20-30% slower (the concatenation it materialises costs
+  the step nothing measurable).
   """
   leaves = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(tree)
             if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
@@ -249,7 +248,7 @@ class Trainer:
     self.mesh = mesh or distributed.make_mesh()
     # The structure only: a run that resumes replaces the initial state
     # whole, so it is built (randomly initialised, by a program compiled
-    # for it: see _initial_state) only when first used.
+    # for it: see initial_state) only when first used.
     model = nnx.eval_shape(
         lambda: create_model(config.model, rngs=nnx.Rngs(config.seed)))
     self.graphdef, params, _ = nnx.split(model, nnx.Param, nnx.BatchStat)
@@ -282,9 +281,9 @@ class Trainer:
         step_fn, in_shardings=(self.replicated, self.data_sharding),
         out_shardings=(self.replicated, self.replicated), donate_argnums=0)
 
-  def _build_initial_state(self) -> TrainState:
+  def build_initial_state(self) -> TrainState:
     """Step 0: the model randomly initialised from config.seed (traceable;
-    `_initial_state` compiles it, `abstract_state` only traces it)."""
+    `initial_state` compiles it, `abstract_state` only traces it)."""
     config = self.config
     model = create_model(config.model, rngs=nnx.Rngs(config.seed))
     _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
@@ -293,26 +292,24 @@ class Trainer:
         batch_stats=batch_stats, opt_state=self.tx.init(params),
         rng=jax.random.PRNGKey(config.seed + 1))
 
-  def _initial_state(self) -> TrainState:
-    """`_build_initial_state` as one compiled program.
+  def initial_state(self) -> TrainState:
+    """`build_initial_state` as one compiled program.
 
-    Run eagerly, each initialiser compiles a small program of its own: the
-    demo config's trainer took 15.6 s to build its state on two cores with
-    an empty compilation cache, 6.1 s this way. On CPU the program is
-    compiled at XLA's lowest backend optimisation level, as it runs once
-    (about half the compile time of the default level). The command line's
-    compilation cache keeps it for the next fresh run of the same model
-    (1.9 s then).
+    Run eagerly, each initialiser compiles a small program of its own (the
+    demo's trainer: 15.6 s to build its state, 6.1 s this way). On CPU the
+    program is compiled at XLA's lowest backend optimisation level, as it
+    runs once; the command line's compilation cache keeps it for the next
+    fresh run of the same model.
     """
     options = ({'xla_backend_optimization_level': 0}
                if jax.default_backend() == 'cpu' else None)
-    return jax.jit(self._build_initial_state, compiler_options=options)()
+    return jax.jit(self.build_initial_state, compiler_options=options)()
 
   @property
   def state(self) -> TrainState:
     """The train state; the initial one is built on first use."""
     if self._state is None:
-      self._state = self._initial_state()
+      self._state = self.initial_state()
     return self._state
 
   @state.setter
@@ -323,7 +320,7 @@ class Trainer:
     """The state's shapes and dtypes, without building it."""
     if self._state is not None:
       return jax.eval_shape(lambda: self._state)
-    return jax.eval_shape(self._build_initial_state)
+    return jax.eval_shape(self.build_initial_state)
 
   def place(self) -> None:
     """Puts the state on the devices, replicated."""
@@ -333,7 +330,7 @@ class Trainer:
     """config.train.init_from: weights only, from a checkpoint or a
     pretrained source (see deeplab_jax.weights)."""
     weights = pretrained.read_init_weights(source, self.config)
-    params, batch_stats, report = checkpoints.copy_matching(
+    params, batch_stats, report = tree.copy_matching(
         self.state.params, self.state.batch_stats, weights, scope=scope)
     self.state = self.state.replace(params=params, batch_stats=batch_stats)
     return report

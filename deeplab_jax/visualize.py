@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from PIL import Image, ImageDraw, ImageFont
 
 
 def colorize(mask: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -102,7 +104,6 @@ def overlay(image: np.ndarray, mask: np.ndarray, colours: np.ndarray,
 
 
 def _font(size: int):
-  from PIL import ImageFont  # pylint: disable=g-import-not-at-top
   try:
     return ImageFont.load_default(size=size)
   except (TypeError, OSError):  # Without FreeType: the fixed bitmap font.
@@ -131,7 +132,6 @@ def overlay_with_legend(image: np.ndarray, mask: np.ndarray,
   their outlines, and beside it a legend of the classes present with their
   share of the image ([H', W + legend, 3] uint8; H' >= H when the legend
   needs more rows than the photo has)."""
-  from PIL import ImageDraw  # pylint: disable=g-import-not-at-top
   height, width = np.asarray(mask).shape
   colours = display_colours(len(class_names))
   shown = shown_classes(class_names)
@@ -193,7 +193,6 @@ def save_mask_png(mask: np.ndarray, path, palette: np.ndarray) -> None:
 def legend_patches(class_ids, class_names: Sequence[str],
                    palette: np.ndarray):
   """matplotlib legend handles: one palette-coloured patch per class id."""
-  from matplotlib.patches import Patch  # pylint: disable=g-import-not-at-top
   return [Patch(color=np.asarray(palette)[int(i)] / 255.0,
                 label=class_names[int(i)] if int(i) < len(class_names)
                 else 'ignore')
@@ -206,7 +205,6 @@ def confusion_figure(confusion: np.ndarray, class_names: Sequence[str]):
   Built without pyplot, so it needs no display backend and leaves the
   notebook's backend alone (`display(fig)` shows it, `fig.savefig` saves).
   """
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   confusion = np.asarray(confusion, np.float64)
   rows = confusion.sum(axis=1, keepdims=True)
   normalised = np.divide(confusion, rows, out=np.zeros_like(confusion),

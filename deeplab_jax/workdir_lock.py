@@ -18,6 +18,17 @@ from deeplab_jax.errors import CheckpointError
 LOCK_FILE = 'train.lock'
 
 
+def _holder(fd: int, wait_seconds: float = 1.0) -> str:
+  """The holder's line; a holder that has just taken the lock may not have
+  written it yet, so an empty file is read again for a moment."""
+  deadline = time.monotonic() + wait_seconds
+  while True:
+    text = os.pread(fd, 4096, 0).decode(errors='replace').strip()
+    if text or time.monotonic() > deadline:
+      return text
+    time.sleep(0.02)
+
+
 class WorkdirLock:
   """`with WorkdirLock(workdir):` holds the workdir for one training run.
 
@@ -40,7 +51,7 @@ class WorkdirLock:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-      holder = os.read(fd, 4096).decode(errors='replace').strip()
+      holder = _holder(fd)
       os.close(fd)
       raise CheckpointError(
           f'{os.path.dirname(self.path)} is being trained by another run '

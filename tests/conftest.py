@@ -96,7 +96,7 @@ def backbone_with_weights(model_config, weights, output_stride=32):
   keras.imagenet_backbone_weights), in inference mode; asserts that every
   array of `weights` was loaded."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from deeplab_jax.checkpoints import copy_matching  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.weights.tree import copy_matching  # pylint: disable=g-import-not-at-top
   from deeplab_jax.models import create_model  # pylint: disable=g-import-not-at-top
   # Abstract (shapes only): the weights fill the whole backbone, and
   # initialising a ResNet-101 first took seconds of compiling.
@@ -280,7 +280,6 @@ SLOW_FIRST = (
     'test_two_processes_form_one_cluster_and_agree',
     'test_kill_9_at_random_moments_loses_nothing_else',
     'test_fine_tuning_an_official_model_keeps_it',
-    'test_two_trainers_started_together_one_trains_one_is_told',
 )
 
 

@@ -27,10 +27,13 @@ def _load(path):
 def test_every_shipped_config_is_valid_and_says_what_it_gives(path):
   config = _load(path)  # load_config_file validates.
   assert config.model.backbone.name in backbones.BACKBONES
-  # big_vision-style docstrings: the command, the machine, the result.
+  # big_vision-style docstrings: the command, the machine, the time and
+  # the result, in a few lines, without dates.
   doc = path.read_text().split('"""')[1]
   assert 'python main.py --config=configs/' + path.name in doc, path
-  assert re.search(r'[Mm]easured', doc), f'{path.name}: no measured result'
+  assert re.search(r'CPU|GPU', doc), f'{path.name}: no machine'
+  assert re.search(r'\d (s|min|ms)\b', doc), f'{path.name}: no time'
+  assert not re.search(r'20\d\d-\d\d-\d\d', doc), f'{path.name}: a date'
 
 
 def _leaf_keys(config, prefix=''):
@@ -52,7 +55,7 @@ def test_every_scalar_key_has_a_validation_rule():
                'train.freeze_batch_norm', 'train.init_from',
                'data.folder', 'train.freeze_backbone',
                'eval.flip',
-               'export.include_preprocessing',
+               'export.include_preprocessing', 'export.calibration_split',
                'eval.model_file'}  # Booleans and paths.
   missing = set(_leaf_keys(default_config())) - ruled - unchecked
   assert not missing, missing

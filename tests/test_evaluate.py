@@ -15,6 +15,7 @@ from PIL import Image
 from flax import nnx
 
 from deeplab_jax import checkpoints, cli, evaluate
+from deeplab_jax.weights import tree
 from deeplab_jax.models import create_model
 from deeplab_jax.weights import pretrained
 from deeplab_jax.data import voc
@@ -231,7 +232,7 @@ def test_init_from_a_workdir_loads_every_array(voc_run):
   report = pretrained.load_into_model(model, str(workdir), config)
   expected = checkpoints.read_weights(workdir)  # The newest step, 30.
   assert report['loaded'] == len(expected) and not report['skipped']
-  for key, value in checkpoints.module_weights(model).items():
+  for key, value in tree.module_weights(model).items():
     np.testing.assert_array_equal(value, expected[key])
 
 
@@ -247,7 +248,7 @@ def test_restore_model_reads_weights_only(voc_run):
   assert step == 30
   assert model.backbone.output_stride == config.eval.output_stride
   saved = checkpoints.read_weights(workdir / 'checkpoints' / '30')
-  restored = checkpoints.module_weights(model)
+  restored = tree.module_weights(model)
   assert restored.keys() == saved.keys()
   for key, value in saved.items():
     np.testing.assert_array_equal(restored[key], value)

@@ -15,6 +15,7 @@ import pytest
 from flax import nnx
 
 from deeplab_jax import checkpoints, losses, train
+from deeplab_jax.weights import tree
 from deeplab_jax.config import default_config
 from deeplab_jax.errors import NonFiniteLossError
 from deeplab_jax.models import backbones
@@ -156,8 +157,8 @@ def test_four_steps_equal_two_plus_restart_plus_two(voc_config, tmp_path,
   # The resumed run never builds a random initial state (only traces its
   # shapes, in Trainer.abstract_state).
   built, traced = [], []
-  real_build, real_trace = (train.Trainer._initial_state,
-                            train.Trainer._build_initial_state)
+  real_build, real_trace = (train.Trainer.initial_state,
+                            train.Trainer.build_initial_state)
 
   def initial_state(self):
     built.append(True)
@@ -167,8 +168,8 @@ def test_four_steps_equal_two_plus_restart_plus_two(voc_config, tmp_path,
     state = real_trace(self)
     traced.append(isinstance(state.step, jax.core.Tracer))
     return state
-  monkeypatch.setattr(train.Trainer, '_initial_state', initial_state)
-  monkeypatch.setattr(train.Trainer, '_build_initial_state',
+  monkeypatch.setattr(train.Trainer, 'initial_state', initial_state)
+  monkeypatch.setattr(train.Trainer, 'build_initial_state',
                       build_initial_state)
   train.train(config, str(split), stop_after=4)  # Resumes from step 2.
   assert built == [] and traced == [True], (built, traced)
@@ -231,7 +232,7 @@ def test_non_finite_state_with_a_finite_loss_is_never_kept(
   model, step = checkpoints.restore_model(config, str(workdir))  # Finite.
   assert step == 2
   # A checkpoint with a NaN in it is refused by the inference loader.
-  weights = checkpoints.module_weights(model)
+  weights = tree.module_weights(model)
   assert all(np.all(np.isfinite(v)) for v in weights.values())
   monkeypatch.setattr(losses, 'softmax_cross_entropy', real_loss)
   result = train.train(config, str(workdir), stop_after=4)
@@ -334,15 +335,15 @@ def test_the_compiled_initial_state_is_the_eager_initialisers_one(
   monkeypatch.setattr(jax, 'jit', spy)
   state = trainer.state
   monkeypatch.undo()
-  assert [(f, k) for f, k in jitted if f == trainer._build_initial_state] == [
-      (trainer._build_initial_state,
+  assert [(f, k) for f, k in jitted if f == trainer.build_initial_state] == [
+      (trainer.build_initial_state,
        {'compiler_options': {'xla_backend_optimization_level': 0}})]
   eager = train.create_model(config.model, rngs=nnx.Rngs(config.seed))
   _, params, batch_stats = nnx.split(eager, nnx.Param, nnx.BatchStat)
   for built, reference in ((state.params, params),
                            (state.batch_stats, batch_stats)):
-    built = checkpoints.flatten_state(built)
-    reference = checkpoints.flatten_state(reference)
+    built = tree.flatten_state(built)
+    reference = tree.flatten_state(reference)
     assert built.keys() == reference.keys()
     for key, value in reference.items():
       np.testing.assert_allclose(built[key], value, rtol=0, atol=1e-6,
@@ -351,7 +352,7 @@ def test_the_compiled_initial_state_is_the_eager_initialisers_one(
   other = default_config()
   other.model = config.model
   other.seed = 4
-  kernel = lambda t: next(v for k, v in checkpoints.flatten_state(
+  kernel = lambda t: next(v for k, v in tree.flatten_state(
       t.state.params).items() if k[-1] == 'kernel')
   assert not np.allclose(kernel(train.Trainer(other, num_steps=10)),
                          kernel(trainer))
@@ -370,7 +371,7 @@ def test_frozen_batch_norm_trains_on_moving_statistics():
            'label': rng.integers(0, 5, (8, 33, 33)).astype(np.uint8)}
   # Copies: the step donates the state's buffers.
   stats = lambda t: {k: np.array(v) for k, v in
-                     checkpoints.flatten_state(t.state.batch_stats).items()}
+                     tree.flatten_state(t.state.batch_stats).items()}
   config = default_config()
   config.model = tiny_model_config(**{'num_classes': 5})
   config.model.backbone = ToyBackbone.default_config()
@@ -445,45 +446,6 @@ def test_a_second_trainer_on_the_workdir_gets_one_line(tmp_path):
   # Released: the lock file stays but binds nobody.
   with WorkdirLock(workdir):
     pass
-
-
-def test_two_trainers_started_together_one_trains_one_is_told(demo_data_dir,
-                                                             tmp_path):
-  """Three trainers on one new workdir, started at the same moment or up to
-  0.5 s apart (4 trials, 8 races lost): exactly one trains, each other one
-  exits with one line naming the running one, and every checkpoint written
-  restores."""
-  args = [f'--config.data.data_dir={demo_data_dir}',
-          '--config.data.num_workers=0', '--config.train.num_steps=2',
-          '--config.train.checkpoint_every_steps=1',
-          '--config.train.batch_size=4', '--config.data.crop_size=33']
-  # Seconds after the first start at which each trainer starts. Three per
-  # trial: two losers per race for the cost of one more (short) trainer.
-  for trial, delays in enumerate([(0.0, 0.0, 0.0), (0.0, 0.0, 0.5),
-                                  (0.0, 0.25, 0.5), (0.0, 0.5, 0.5)]):
-    workdir = tmp_path / f'run{trial}'
-    processes, start = [], time.time()
-    for delay in delays:
-      time.sleep(max(0.0, start + delay - time.time()))
-      processes.append(_main(workdir, args))
-    outputs = [p.communicate(timeout=300)[0] for p in processes]
-    codes = [p.returncode for p in processes]
-    assert sorted(codes) == [0, 1, 1], (trial, codes,
-                                        [o[-2000:] for o in outputs])
-    for code, output in zip(codes, outputs):
-      if code == 1:
-        assert 'is being trained by another run (host ' in output, (
-            output[-2000:])
-        assert 'Traceback' not in output, output[-3000:]
-        assert output.count('is being trained by another run') == 1, output
-    manager = checkpoints.Checkpointer(workdir, read_only=True)
-    try:
-      assert manager.all_steps() == [1, 2], manager.all_steps()
-    finally:
-      manager.close()
-    for step in (1, 2):
-      weights = checkpoints.read_weights(workdir / 'checkpoints' / str(step))
-      assert all(np.all(np.isfinite(v)) for v in weights.values())
 
 
 @pytest.fixture
@@ -723,8 +685,8 @@ def test_freeze_backbone_trains_only_the_head_decoder_and_classifier():
   config.train.class_weights = [1.0, 2.0, 1.0, 3.0, 1.0]
   trainer = train.Trainer(config, num_steps=10)
   trainer.place()
-  flat = lambda tree: {k: np.array(v) for k, v in
-                       checkpoints.flatten_state(tree).items()}
+  flat = lambda state: {k: np.array(v) for k, v in
+                        tree.flatten_state(state).items()}
   params, stats = flat(trainer.state.params), flat(trainer.state.batch_stats)
   trainer.step(batch)
   new_params = flat(trainer.state.params)
@@ -747,8 +709,8 @@ def test_a_frozen_backbone_is_not_differentiated_and_the_rest_steps_alike():
   rng = np.random.default_rng(0)
   batch = {'image': rng.uniform(-1, 1, (8, 33, 33, 3)).astype(np.float32),
            'label': rng.integers(0, 5, (8, 33, 33)).astype(np.uint8)}
-  flat = lambda tree: {k: np.array(v) for k, v in
-                       checkpoints.flatten_state(tree).items()}
+  flat = lambda state: {k: np.array(v) for k, v in
+                        tree.flatten_state(state).items()}
   params, flops = {}, {}
   for frozen in (False, True):
     config = default_config()

@@ -27,6 +27,7 @@ from deeplab_jax.data import (ade20k_builder, cityscapes_builder, demo_builder,
                               folder_builder, voc, voc_builder)
 from deeplab_jax.data.labels import IGNORE_LABEL, bit_interleaved_palette
 from deeplab_jax.errors import ConfigError, DatasetError
+from deeplab_jax.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +71,8 @@ class DatasetSpec:
     return mask if self.label_map is None else self.label_map[mask]
 
 
-DATASETS: dict[str, DatasetSpec] = {
+DATASETS: Registry[DatasetSpec | Callable[[Any], DatasetSpec]] = Registry(
+    'dataset', 'config.data.dataset', {
     'voc2012': DatasetSpec(
         'voc_segmentation/voc2012', voc.CLASS_NAMES, voc.color_map(),
         check_manual_dir=functools.partial(voc_builder.check_manual_dir,
@@ -97,17 +99,14 @@ DATASETS: dict[str, DatasetSpec] = {
     'folder': lambda data: folder_spec(
         data.folder, data.mask_format, data.val_fraction,
         folder_builder.listing_stamp(data.folder)),
-}
+    }, error=DatasetError)
 
 
 def dataset_spec(data: Any) -> DatasetSpec:
   """The registered dataset of `config.data` (or of a name, for datasets
   that need no options); DatasetError naming the known ones."""
   name = data if isinstance(data, str) else data.dataset
-  if name not in DATASETS:
-    raise DatasetError(f'Unknown dataset {name!r} (config.data.dataset): use '
-                       f'one of {", ".join(DATASETS)}.')
-  entry = DATASETS[name]
+  entry = DATASETS.lookup(name)
   if isinstance(entry, DatasetSpec):
     return entry
   if isinstance(data, str):

@@ -21,8 +21,10 @@ import sys
 from typing import Any
 
 import grain
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import flags
 from etils import epath
 
 from deeplab_jax.data import augment
@@ -144,7 +146,6 @@ def _loader(source, sampler, operations, shard_options, worker_count: int,
   if worker_count > 0:
     # grain reads absl flags in its worker processes; outside an absl app
     # (tests, notebooks) they would be unparsed.
-    from absl import flags  # pylint: disable=g-import-not-at-top
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
   return grain.DataLoader(
@@ -277,7 +278,6 @@ def train_loader(config: Any, *, batch_size: int | None = None,
     A grain DataLoader yielding {'image': [B, crop, crop, 3] float32,
     normalised as the backbone says, 'label': [B, crop, crop] uint8}.
   """
-  import jax  # pylint: disable=g-import-not-at-top
   d = config.data
   if batch_size is None:
     batch_size = config.train.batch_size // jax.process_count()

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import scipy.io
 import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
@@ -135,7 +136,6 @@ def _read_ids(path: epath.Path) -> list[str]:
 
 def read_sbd_mask(path: epath.Path) -> np.ndarray:
   """Class ids ([H, W] uint8) from an SBD `cls/<id>.mat` file."""
-  import scipy.io  # pylint: disable=g-import-not-at-top
   with path.open('rb') as f:
     mat = scipy.io.loadmat(f, struct_as_record=False, squeeze_me=True)
   return np.asarray(mat['GTcls'].Segmentation, dtype=np.uint8)

@@ -1,4 +1,4 @@
-"""Exported models by format: `EXPORT_FORMATS[name](model, config, path)`.
+"""Exported models by format: `EXPORT_FORMATS[name]`.
 
     python main.py --config=... --workdir=W --mode=export --export_format=tflite
 
@@ -11,67 +11,37 @@ test in tests/export/.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
-from deeplab_jax.errors import ConfigError
 from deeplab_jax.export import onnx, saved_model, stablehlo, tflite
-from deeplab_jax.export import serving
 from deeplab_jax.export.serving import serving_function
+from deeplab_jax.registry import Registry
 
-EXPORT_FORMATS: dict[str, tuple[Callable[..., str], str]] = {
-    # name: (export function, file suffix)
-    'tflite': (tflite.export, '.tflite'),
-    'tflite_int8': (tflite.export_int8, '_int8.tflite'),
-    'onnx': (onnx.export, '.onnx'),
-    'stablehlo': (stablehlo.export, '.stablehlo'),
-    'saved_model': (saved_model.export, '_saved_model'),  # A folder.
-}
+class ExportFormat(NamedTuple):
+  """How a format writes (model, config, path) -> path, and the suffix
+  of its default file name."""
+  export: Callable[..., str]
+  suffix: str
 
 
-def get_exporter(name: str | None) -> tuple[Callable[..., str], str]:
-  if name not in EXPORT_FORMATS:
-    raise ConfigError(
-        f'--export_format={name!r} is not a format: use one of '
-        f'{", ".join(EXPORT_FORMATS)}.')
-  return EXPORT_FORMATS[name]
+EXPORT_FORMATS = Registry('export format', '--export_format', {
+    'tflite': ExportFormat(tflite.export, '.tflite'),
+    'tflite_int8': ExportFormat(tflite.export_int8, '_int8.tflite'),
+    'onnx': ExportFormat(onnx.export, '.onnx'),
+    'stablehlo': ExportFormat(stablehlo.export, '.stablehlo'),
+    'saved_model': ExportFormat(saved_model.export, '_saved_model'),  # A dir.
+})
 
 
-__all__ = ['EXPORT_FORMATS', 'get_exporter', 'int8_report', 'serving_function']
+def get_exporter(name: str | None) -> ExportFormat:
+  return EXPORT_FORMATS.lookup(name)
+
+
+__all__ = ['EXPORT_FORMATS', 'ExportFormat', 'get_exporter',
+           'serving_function']
 
 
 def export(model: Any, config: Any, format_name: str, path: str) -> str:
   """Writes `model` in `format_name` to `path`; returns the path."""
-  function, _ = get_exporter(format_name)
-  return function(model, config, path)
-
-
-def int8_report(model: Any, config: Any, path: str) -> dict[str, Any]:
-  """Scores the Flax model and its int8 file `path` with the same eval code
-  (one scale, no flips, images resized to the export's input) on the eval
-  split (`eval.max_images` of it), and writes the figures to PATH.json."""
-  from deeplab_jax import evaluate  # pylint: disable=import-outside-toplevel
-  c = config.copy_and_resolve_references()
-  c.eval.scales, c.eval.flip = (1.0,), False
-  c.eval.input_scale, c.eval.mode = 'fit', 'whole'
-  c.eval.crop_size = serving.input_size(config)[0]
-  c.eval.num_result_images = 0
-  evaluator = evaluate.Evaluator(c)
-  float_summary = evaluator.evaluate(model, workdir=None)
-  c.eval.runtime, c.eval.model_file = 'litert', path
-  c.export.include_preprocessing = True
-  int8_summary = evaluate.evaluate(c, None, workdir=None)
-  report = {
-      'file': os.path.basename(path), 'bytes': os.path.getsize(path),
-      'calibration_images': config.export.calibration_images,
-      'dataset': c.data.dataset, 'split': int8_summary['split'],
-      'images': int8_summary['images'],
-      'float_miou': float_summary['miou'], 'int8_miou': int8_summary['miou'],
-      'float_pixel_accuracy': float_summary['pixel_accuracy'],
-      'int8_pixel_accuracy': int8_summary['pixel_accuracy'],
-  }
-  with open(path + '.json', 'w') as f:
-    json.dump(report, f, indent=2)
-  return report
+  return get_exporter(format_name).export(model, config, path)

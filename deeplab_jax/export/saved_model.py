@@ -12,11 +12,10 @@ import os
 from typing import Any
 
 from deeplab_jax.export import serving
-from deeplab_jax.export.tflite import _tensorflow
 
 
 def export(model: Any, config: Any, path: str) -> str:
-  tf = _tensorflow()
+  tf = serving.tensorflow()
   from jax.experimental import jax2tf  # pylint: disable=import-outside-toplevel
   fn, dtype = serving.serving_function(model, config)
   height, width = serving.input_size(config)

@@ -16,23 +16,12 @@ from typing import Any
 import numpy as np
 
 from deeplab_jax.data import pipeline
-from deeplab_jax.errors import MissingDependencyError
 from deeplab_jax.export import serving
 from deeplab_jax.models import backbones
 
 
-def _tensorflow():
-  try:
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise MissingDependencyError(
-        'Exporting to TFLite needs TensorFlow, an optional extra: pip install '
-        '"deeplab_jax[tf]" (or pip install -r requirements-tf.txt).') from e
-  return tf
-
-
 def _converter(model: Any, config: Any):
-  tf = _tensorflow()
+  tf = serving.tensorflow()
   from jax.experimental import jax2tf  # pylint: disable=import-outside-toplevel
   fn, dtype = serving.serving_function(model, config)
   height, width = serving.input_size(config)
@@ -59,14 +48,16 @@ def export(model: Any, config: Any, path: str) -> str:
 
 
 def calibration_images(config: Any) -> list[np.ndarray]:
-  """`export.calibration_images` uint8 [1, H, W, 3] images of the eval
-  pipeline, fitted to the export's input (as evaluation feeds it)."""
+  """`export.calibration_images` uint8 [1, H, W, 3] images of
+  `export.calibration_split` (training images by default: not the ones the
+  int8 report scores), unaugmented, fitted to the export's input as
+  evaluation feeds it."""
   c = config.copy_and_resolve_references()
   c.eval.input_scale, c.eval.mode = 'fit', 'whole'
   c.eval.crop_size = serving.input_size(config)[0]
   preprocessing = backbones.preprocessing(c.model)
   images = []
-  for example in pipeline.eval_loader(c):
+  for example in pipeline.eval_loader(c, split=config.export.calibration_split):
     images.append(preprocessing.denormalize(example['image'])[None])
     if len(images) >= config.export.calibration_images:
       break

@@ -31,7 +31,7 @@ import math
 from typing import Any
 
 from deeplab_jax.errors import ConfigError
-from deeplab_jax.models.layers import scale_dimension
+from deeplab_jax.ops.resize import scale_dimension
 
 INPUT_SCALES = ('native', 'fit')
 MODES = ('auto', 'whole', 'slide')

@@ -18,14 +18,13 @@ import numpy as np
 from flax import nnx
 
 from deeplab_jax.models.deeplab import fold_batch_norm
-from deeplab_jax.models.layers import resize_bilinear, scale_dimension
+from deeplab_jax.ops.resize import resize_bilinear, scale_dimension
 
 
 # XLA:CPU hands matrix products to YNNPACK by default; in inference programs
-# XLA's own (Eigen) products spread better over the cores: the official
-# dm0.5 257 model 13.5 -> 12.4 ms and the voc.py model at 513 138 -> 128 ms
-# (2 cores, same outputs within 1.1e-5). Train steps are faster with YNNPACK
-# (batch 4 at 513: 4.30 against 5.07 s), so only inference jits ask.
+# XLA's own (Eigen) products spread better over the cores (the voc.py model
+# at 513: 138 -> 128 ms). Train steps are faster with YNNPACK, so only
+# inference jits ask.
 CPU_INFERENCE_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
 
 
@@ -51,15 +50,12 @@ def jit(fn: Callable, **kwargs) -> Callable:
 
 def folded(model: nnx.Module) -> nnx.Module:
   """`fold_batch_norm(model)`: the inference copy with BatchNorm folded
-  into the convolutions, computed by one compiled program (0.7 s for
-  MobileNetV2; each of its small ops compiling on its own took 2.8 s).
+  into the convolutions, computed by one compiled program (each of its
+  small ops compiling on its own took 4x longer).
 
   Eval and predict fold once and run the folded copy: weights that do not
   change between images need no BatchNorm arithmetic in the per-image
-  program, which computed rsqrt(var + eps) * gamma for each of MobileNetV2's
-  53 BatchNorms at every call, one small kernel each (113 -> 60 kernels;
-  the official dm0.5 257 model 10.64 -> 10.00 ms on 2 cores, its logits
-  within 2e-5).
+  program (MobileNetV2's 53 BatchNorms were 53 small kernels a call).
   """
   return nnx.jit(fold_batch_norm)(model)
 

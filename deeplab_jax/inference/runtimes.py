@@ -1,6 +1,8 @@
 """Running an exported file where the eval code runs the Flax model:
-`config.eval.runtime` ('litert' | 'onnxruntime' | 'stablehlo') with
-`config.eval.model_file`.
+`config.eval.runtime` (a name of `RUNTIMES`: 'litert', 'onnxruntime',
+'stablehlo', 'saved_model') with `config.eval.model_file`. Adding a
+runtime: its function (file, check) -> (images -> outputs) and one line in
+`RUNTIMES`.
 
 A runtime maps normalised float32 images [N, S, S, 3] (what the eval
 pipeline gives the model) to class scores [N, S, S, classes] that act as
@@ -32,13 +34,12 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import numpy as np
 
 from deeplab_jax.errors import ConfigError, MissingDependencyError
 from deeplab_jax.models import backbones
-
-RUNTIMES = ('jax', 'litert', 'onnxruntime', 'stablehlo')
-
+from deeplab_jax.registry import Registry
 
 def _litert(path: str, check: Callable[..., None]
             ) -> Callable[[np.ndarray], np.ndarray]:
@@ -84,12 +85,46 @@ def _onnxruntime(path: str, check: Callable[..., None]
 
 def _stablehlo(path: str, check: Callable[..., None]
                ) -> Callable[[np.ndarray], np.ndarray]:
-  import jax  # pylint: disable=import-outside-toplevel
   with open(path, 'rb') as f:
     exported = jax.export.deserialize(bytearray(f.read()))
   check(path, tuple(exported.in_avals[0].shape),
         tuple(exported.out_avals[0].shape))
   return lambda images: np.asarray(exported.call(images))
+
+
+def _saved_model(path: str, check: Callable[..., None]
+                 ) -> Callable[[np.ndarray], np.ndarray]:
+  try:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise MissingDependencyError(
+        'eval.runtime=saved_model needs TensorFlow, an optional extra: pip '
+        'install "deeplab_jax[tf]"') from e
+  try:
+    serve = tf.saved_model.load(path).signatures['serving_default']
+  except (OSError, KeyError, ValueError) as e:
+    raise ConfigError(f'{path} is not a SavedModel with a serving_default '
+                      f'signature ({e}).') from None
+  spec = serve.structured_input_signature[1]['images']
+  output = next(iter(serve.structured_outputs.values()))
+  check(path, tuple(spec.shape), tuple(output.shape))
+  return lambda images: serve(images=tf.constant(
+      images, dtype=spec.dtype))['outputs'].numpy()
+
+
+# config.eval.runtime -> (file, check) -> images -> outputs; 'jax' (the
+# Flax model itself) is the default and not a file.
+RUNTIMES = Registry('eval runtime', 'config.eval.runtime', {
+    'litert': _litert,
+    'onnxruntime': _onnxruntime,
+    'stablehlo': _stablehlo,
+    'saved_model': _saved_model,
+})
+
+
+def runtime_names() -> tuple[str, ...]:
+  """The values `config.eval.runtime` takes."""
+  return ('jax',) + RUNTIMES.names()
 
 
 def _check(path: str, input_shape: tuple, output_shape: tuple, *,
@@ -138,8 +173,7 @@ def make_scores(config: Any) -> Callable[[np.ndarray], np.ndarray]:
         'config.eval.scales=1.0 and config.eval.flip=False.')
   check = functools.partial(_check, size=(int(e.crop_size),) * 2,
                             classes=int(config.model.num_classes))
-  run = {'litert': _litert, 'onnxruntime': _onnxruntime,
-         'stablehlo': _stablehlo}[e.runtime](path, check)
+  run = RUNTIMES.lookup(e.runtime)(path, check)
   preprocessing = backbones.preprocessing(config.model)
   include = config.export.include_preprocessing
   output = config.export.output

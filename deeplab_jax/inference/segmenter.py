@@ -26,7 +26,7 @@ from deeplab_jax import distributed
 from deeplab_jax.inference import blend, programs, runtimes
 from deeplab_jax.inference.policy import InferencePolicy
 from deeplab_jax.models import backbones
-from deeplab_jax.models.layers import resize_bilinear, scale_dimension
+from deeplab_jax.ops.resize import resize_bilinear, scale_dimension
 from deeplab_jax.progress import TileProgress
 
 

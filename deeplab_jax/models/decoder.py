@@ -1,19 +1,28 @@
-"""The DeepLabV3+ decoder (reference `refine_by_decoder`), NHWC.
+"""Decoders by name (`config.model.decoder.type`): `DECODERS[name]`.
 
-The seed's "simple upsampling" decoder has no module of its own: the model
-applies the classifier to the head's output and resizes the logits to the
-input size (see `deeplab.DeepLab`).
+* 'deeplabv3plus': the DeepLabV3+ decoder (reference `refine_by_decoder`).
+* 'upsample': the seed's "simple upsampling", no module: the model applies
+  the classifier to the head's output and resizes the logits to the input
+  size (see `deeplab.DeepLab`).
+
+Adding a decoder: a module with an nnx.Module that has `out_channels`,
+`tf_scopes()` and `__call__(encoder_out, low_level)`, and a
+`from_config(decoder_config, encoder_channels, low_level_channels, *,
+options, rngs)`; one line in `DECODERS`.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from deeplab_jax.models.heads import separable_tf_scopes
-from deeplab_jax.models.layers import (ConvBN, LayerOptions, SeparableConvBN,
-                                       resize_bilinear)
+from deeplab_jax.models.layers import ConvBN, LayerOptions, SeparableConvBN
+from deeplab_jax.ops.resize import resize_bilinear
+from deeplab_jax.registry import Registry
 
 Array = jax.Array
 
@@ -37,6 +46,14 @@ class DeepLabV3PlusDecoder(nnx.Module):
                                          rngs=rngs)
     self.out_channels = channels
 
+  @classmethod
+  def from_config(cls, decoder_config: Any, encoder_channels: int,
+                  low_level_channels: int, *, options: LayerOptions,
+                  rngs: nnx.Rngs) -> 'DeepLabV3PlusDecoder':
+    return cls(encoder_channels, low_level_channels,
+               low_level_channels=decoder_config.low_level_channels,
+               channels=decoder_config.channels, options=options, rngs=rngs)
+
   def tf_scopes(self) -> dict[str, ConvBN]:
     """`decoder/feature_projection0`, `decoder/decoder_conv<j>_{depthwise,
     pointwise}`: the reference's names."""
@@ -53,3 +70,14 @@ class DeepLabV3PlusDecoder(nnx.Module):
     encoder_out = resize_bilinear(encoder_out, low.shape[1:3])
     x = jnp.concatenate([encoder_out, low], axis=-1)
     return self.decoder_conv1(self.decoder_conv0(x))
+
+
+def no_decoder(*args, **kwargs) -> None:
+  """'upsample': no decoder module (the logits are upsampled)."""
+  del args, kwargs
+
+
+DECODERS = Registry('decoder', 'config.model.decoder.type', {
+    'deeplabv3plus': DeepLabV3PlusDecoder.from_config,
+    'upsample': no_decoder,
+})

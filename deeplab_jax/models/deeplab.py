@@ -9,13 +9,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from deeplab_jax.models.backbones import Backbone, get_backbone
-from deeplab_jax.models.decoder import DeepLabV3PlusDecoder
-from deeplab_jax.models.heads import (ASPP, DensePredictionCell,
-                                      effective_rate_multiplier, scale_rates)
+from deeplab_jax.models.decoder import DECODERS
+from deeplab_jax.models.heads import HEADS
 from deeplab_jax.models.jax_compat import with_quick_sharding_probe
-from deeplab_jax.models.layers import (ConvBN, LayerOptions,
-                                       dense_conv_general_dilated,
-                                       resize_bilinear)
+from deeplab_jax.models.layers import ConvBN, LayerOptions
+from deeplab_jax.ops.dense import dense_conv_general_dilated
+from deeplab_jax.ops.resize import resize_bilinear
 
 Array = jax.Array
 
@@ -34,9 +33,8 @@ class DeepLab(nnx.Module):
   and the argmax.
   """
 
-  def __init__(self, backbone: Backbone,
-               head: ASPP | DensePredictionCell,
-               decoder: DeepLabV3PlusDecoder | None, *, num_classes: int,
+  def __init__(self, backbone: Backbone, head: nnx.Module,
+               decoder: nnx.Module | None, *, num_classes: int,
                classifier_kernel_size: int = 1,
                classifier_use_bias: bool = True, dtype: Any = None,
                rngs: nnx.Rngs):
@@ -124,29 +122,12 @@ def create_model(model_config: Any, *, output_stride: int | None = None,
   backbone = get_backbone(m.backbone.name).from_config(
       m.backbone, output_stride=output_stride, dtype=dtype,
       depthwise_impl=m.depthwise_impl, rngs=rngs)
-  h = m.head
-  multiplier = effective_rate_multiplier(h, output_stride)
-  common = dict(
-      channels=h.channels, projection_channels=h.projection_channels,
-      separable_depth_multiplier=h.separable_depth_multiplier,
-      dropout_rate=h.dropout_rate, dropout_on_concat=h.dropout_on_concat,
-      dropout_on_projection=h.dropout_on_projection, options=options,
-      rngs=rngs)
-  if h.type == 'aspp':
-    head = ASPP(backbone.out_channels,
-                atrous_rates=scale_rates(h.atrous_rates, multiplier),
-                image_pooling=h.image_pooling, **common)
-  elif h.type == 'dpc':
-    head = DensePredictionCell(backbone.out_channels, list(h.dpc_branches),
-                               rate_multiplier=multiplier, **common)
-  else:
-    raise ValueError(f'Unknown head type {h.type!r}.')
-  decoder = None
-  if m.decoder.type == 'deeplabv3plus':
-    decoder = DeepLabV3PlusDecoder(
-        head.out_channels, backbone.low_level_channels,
-        low_level_channels=m.decoder.low_level_channels,
-        channels=m.decoder.channels, options=options, rngs=rngs)
+  head = HEADS.lookup(m.head.type)(
+      m.head, backbone.out_channels, output_stride=output_stride,
+      options=options, rngs=rngs)
+  decoder = DECODERS.lookup(m.decoder.type)(
+      m.decoder, head.out_channels, backbone.low_level_channels,
+      options=options, rngs=rngs)
   return DeepLab(backbone, head, decoder, num_classes=m.num_classes,
                  classifier_kernel_size=m.classifier_kernel_size,
                  classifier_use_bias=m.classifier_use_bias, dtype=dtype,
@@ -155,7 +136,9 @@ def create_model(model_config: Any, *, output_stride: int | None = None,
 
 def inference_view(model: nnx.Module) -> nnx.Module:
   """The same model (shared arrays) with moving BN statistics, no dropout."""
-  return nnx.view(model, deterministic=True, use_running_average=True)
+  # A registered head or decoder may have no dropout (or no BatchNorm).
+  return nnx.view(model, deterministic=True, use_running_average=True,
+                  raise_if_not_found=False)
 
 
 def fold_batch_norm(model: nnx.Module) -> nnx.Module:

@@ -8,8 +8,13 @@
   `encoder_middle_conf`, the reference `dense_prediction_cell.py`), each
   reading the backbone features or an earlier branch.
 
-Rates passed in here are final dilation rates; `deeplab.create_model` scales
-the config's output-stride-16 rates with `effective_rate_multiplier`.
+`HEADS` maps `config.model.head.type` to a head's `from_config`. Adding a
+head: a module with an nnx.Module that has `out_channels`, `tf_scopes()`
+and `__call__(features, *, rngs=None)`, and a `from_config(head_config,
+in_features, *, output_stride, options, rngs)`; one line in `HEADS`.
+
+Rates passed to the constructors are final dilation rates; `from_config`
+scales the config's output-stride-16 rates (`effective_rate_multiplier`).
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from flax import nnx
 from jax import lax
 
 from deeplab_jax.errors import WeightImportError
-from deeplab_jax.models.layers import (ConvBN, LayerOptions, SeparableConvBN,
-                                       native_ops_active, resize_bilinear)
+from deeplab_jax.registry import Registry
+from deeplab_jax.models.layers import ConvBN, LayerOptions, SeparableConvBN
+from deeplab_jax.ops.dispatch import native_ops_active
+from deeplab_jax.ops.resize import resize_bilinear
 
 Array = jax.Array
 
@@ -49,6 +56,18 @@ def separable_tf_scopes(prefix: str, layer: SeparableConvBN
 def scale_rates(rates: Sequence[int], multiplier: float) -> tuple[int, ...]:
   """Rates times multiplier, rounded, at least 1 (OS 32 halves OS 16 rates)."""
   return tuple(max(1, int(round(r * multiplier))) for r in rates)
+
+
+def common_options(head_config: Any, options: LayerOptions,
+                   rngs: nnx.Rngs) -> dict[str, Any]:
+  """The constructor arguments every head takes from `config.model.head`."""
+  h = head_config
+  return dict(channels=h.channels, projection_channels=h.projection_channels,
+              separable_depth_multiplier=h.separable_depth_multiplier,
+              dropout_rate=h.dropout_rate,
+              dropout_on_concat=h.dropout_on_concat,
+              dropout_on_projection=h.dropout_on_projection, options=options,
+              rngs=rngs)
 
 
 class _ConcatProjection(nnx.Module):
@@ -82,7 +101,7 @@ class _ConcatProjection(nnx.Module):
 
     Without dropout on the concatenation the broadcast is never built:
     `project_concatenation` projects the pooled part once per image.
-    Exports (`layers.native_ops()`) keep the plain concat and 1x1 conv.
+    Exports (`ops.native_ops()`) keep the plain concat and 1x1 conv.
     """
     plain = native_ops_active() or (
         self.dropout_on_concat and not self.dropout.deterministic)
@@ -133,6 +152,16 @@ class ASPP(_ConcatProjection):
     self._build_tail(1 + len(atrous_rates) + int(image_pooling), channels,
                      projection_channels, dropout_rate, dropout_on_concat,
                      dropout_on_projection, options, rngs)
+
+  @classmethod
+  def from_config(cls, head_config: Any, in_features: int, *,
+                  output_stride: int, options: LayerOptions,
+                  rngs: nnx.Rngs) -> 'ASPP':
+    multiplier = effective_rate_multiplier(head_config, output_stride)
+    return cls(in_features,
+               atrous_rates=scale_rates(head_config.atrous_rates, multiplier),
+               image_pooling=head_config.image_pooling,
+               **common_options(head_config, options, rngs))
 
   def tf_scopes(self) -> dict[str, ConvBN]:
     """`image_pooling`, `aspp0`, `aspp<i>_{depthwise,pointwise}`,
@@ -223,6 +252,15 @@ class DensePredictionCell(_ConcatProjection):
                      dropout_rate, dropout_on_concat, dropout_on_projection,
                      options, rngs)
 
+  @classmethod
+  def from_config(cls, head_config: Any, in_features: int, *,
+                  output_stride: int, options: LayerOptions,
+                  rngs: nnx.Rngs) -> 'DensePredictionCell':
+    return cls(in_features, list(head_config.dpc_branches),
+               rate_multiplier=effective_rate_multiplier(head_config,
+                                                         output_stride),
+               **common_options(head_config, options, rngs))
+
   def tf_scopes(self) -> dict[str, ConvBN]:
     raise WeightImportError(
         'The published DeepLab weights have an ASPP head; this config uses '
@@ -242,3 +280,9 @@ class DensePredictionCell(_ConcatProjection):
         y = layer(x)
       outputs.append(y)
     return self._merge(outputs, rngs)
+
+
+HEADS = Registry('head', 'config.model.head.type', {
+    'aspp': ASPP.from_config,
+    'dpc': DensePredictionCell.from_config,
+})

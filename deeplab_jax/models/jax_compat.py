@@ -6,9 +6,9 @@ stream's count. On a tracer (inside `nnx.eval_shape`, or a jitted
 constructor) that probe raises AttributeError, and jax <= 0.10 builds the
 error's message by walking every equation traced so far to say where the
 tracer came from: tracing a model's construction cost time quadratic in its
-layers. `nnx.eval_shape` of DeepLab on Xception-65 took 2.7 s, 0.57 s with
-the message left out (MobileNetV2 0.66 -> 0.21 s, ResNet-101 0.62 -> 0.21 s;
-2-core CPU). jax-ml/jax#40041 removes that part of the message upstream.
+layers (`nnx.eval_shape` of DeepLab on Xception-65: 2.7 s, 0.57 s with the
+message left out). jax-ml/jax#40041 removes that part of the message
+upstream.
 
 `quick_sharding_probe()` makes the probe's AttributeError go without the
 origin message while a model is built; the attribute is missing as before

@@ -21,13 +21,13 @@ import numpy as np
 
 from flax import nnx
 
-from deeplab_jax.checkpoints import module_weights
 from deeplab_jax.errors import MissingDependencyError, WeightImportError
 from deeplab_jax.models.jax_compat import abstract
 from deeplab_jax.models.layers import ConvBN, LayerOptions
 from deeplab_jax.models.backbones.mobilenet_v2 import MobileNetV2
 from deeplab_jax.models.backbones.resnet import ResNetV1
 from deeplab_jax.weights.common import assign, check_filled, set_batch_norm
+from deeplab_jax.weights.tree import module_weights
 
 
 def _keras_weights(keras_model: Any) -> dict[str, np.ndarray]:
@@ -196,7 +196,7 @@ def imagenet_backbone_weights(model_config: Any, weights: str = 'imagenet'
 def _filled_weights(backbone: nnx.Module, weights: str | None
                     ) -> dict[tuple[str, ...], np.ndarray]:
   """The backbone's arrays, which the Keras model must have filled: it is
-  built with nnx.eval_shape (shapes only; initialising ResNet-101's 42M
-  random weights first took 2.5 s on two cores)."""
+  built with nnx.eval_shape (shapes only: initialising ResNet-101's 42M
+  random weights first would be wasted)."""
   check_filled(backbone, f'Keras weights {weights!r}')
   return module_weights(backbone, prefix=('backbone',))

@@ -32,7 +32,7 @@ from deeplab_jax.errors import WeightImportError
 from deeplab_jax.models import backbones, create_model
 from deeplab_jax.models.deeplab import LOGITS_TF_SCOPE
 from deeplab_jax.weights import keras as keras_weights
-from deeplab_jax.weights import tf_checkpoint, tflite
+from deeplab_jax.weights import tf_checkpoint, tflite, tree
 from deeplab_jax.weights.common import check_filled
 
 
@@ -299,14 +299,14 @@ def read_init_weights(source: str, config: Any
     tf_checkpoint.load_into(model, tf_checkpoint.read_checkpoint(path), path,
                             backbone_only=True)
     check_filled(model.backbone, path)
-    return checkpoints.module_weights(model.backbone, prefix=('backbone',))
+    return tree.module_weights(model.backbone, prefix=('backbone',))
   if path.endswith('.tflite') or _is_tf_checkpoint(path):
     # Built with the file's own classifier, so that a config for other
     # classes (fine-tuning to new data) loads everything else and keeps
     # its own classifier (copy_matching skips the shape that differs).
     file_config = config.copy_and_resolve_references()
     file_config.model.num_classes = file_num_classes(path)
-    return checkpoints.module_weights(load_model_file(path, file_config))
+    return tree.module_weights(load_model_file(path, file_config))
   return checkpoints.read_weights(path)
 
 
@@ -337,7 +337,7 @@ def copy_into_model(model: nnx.Module,
                     scope: str = 'model') -> dict:
   """`weights` ({('params' | 'batch_stats', path...): array}) whose path and
   shape match, copied into `model` in place; copy_matching's report."""
-  params, batch_stats, report = checkpoints.copy_matching(
+  params, batch_stats, report = tree.copy_matching(
       nnx.state(model, nnx.Param), nnx.state(model, nnx.BatchStat), weights,
       scope=scope)
   nnx.update(model, params, batch_stats)

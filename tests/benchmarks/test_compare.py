@@ -8,7 +8,7 @@ from deeplab_jax.config import default_config
 
 
 def test_a_variant_splits_into_xla_flags_environment_and_config():
-  name, argv, env = compare._variant_spec(
+  name, argv, env = compare.variant_spec(
       '--xla_gpu_force_conv_nhwc=true model.depthwise_impl=shifted '
       'SOME_SWITCH=on train.batch_size=8',
       ['--worker', 'ours:train'], {'XLA_FLAGS': '--caller', 'KEEP': '1'})
@@ -22,7 +22,7 @@ def test_a_variant_splits_into_xla_flags_environment_and_config():
 
 
 def test_the_empty_variant_is_the_default():
-  name, argv, env = compare._variant_spec(' ', ['--worker', 'ours:infer'],
+  name, argv, env = compare.variant_spec(' ', ['--worker', 'ours:infer'],
                                           {'XLA_FLAGS': '--caller'})
   assert (name, argv, env) == ('ours[default]', ['--worker', 'ours:infer'],
                                {'XLA_FLAGS': ''})
@@ -30,17 +30,17 @@ def test_the_empty_variant_is_the_default():
 
 def test_overrides_set_typed_values_and_reject_unknown_keys():
   config = default_config()
-  compare._apply_overrides(config, ['model.depthwise_impl=native',
+  compare.apply_overrides(config, ['model.depthwise_impl=native',
                                     'train.batch_size=3',
                                     'model.bn_epsilon=0.001'])
   assert config.model.depthwise_impl == 'native'
   assert config.train.batch_size == 3
   assert config.model.bn_epsilon == 0.001
   with pytest.raises(SystemExit, match='the config has no model.depth_impl'):
-    compare._apply_overrides(config, ['model.depth_impl=native'])
+    compare.apply_overrides(config, ['model.depth_impl=native'])
 
 
 def test_trace_paths_are_one_folder_per_scenario_and_worker(tmp_path):
-  path = compare._trace_path(str(tmp_path), 'train b16 513 float32',
+  path = compare.trace_path(str(tmp_path), 'train b16 513 float32',
                              'ours[--xla_a=1 model.b=c]')
   assert path == tmp_path / 'train_b16_513_float32' / 'ours_--xla_a_1_model.b_c'

@@ -113,8 +113,9 @@ def test_export_mode_writes_once_and_names_bad_formats(official, tmp_path,
   with pytest.raises(ConfigError, match='exists.*never overwrite'):
     cli.run(config, mode='export', workdir=str(tmp_path),
             export_format='stablehlo')
-  with pytest.raises(ConfigError, match="'pt' is not a format.*tflite, "
-                     'tflite_int8, onnx, stablehlo, saved_model'):
+  with pytest.raises(ConfigError, match="'pt' is not a known export format: "
+                     "use one of 'tflite', 'tflite_int8', 'onnx', "
+                     "'stablehlo', 'saved_model'"):
     cli.run(config, mode='export', workdir=str(tmp_path),
             export_format='pt')
 
@@ -122,7 +123,7 @@ def test_export_mode_writes_once_and_names_bad_formats(official, tmp_path,
 def test_exported_files_are_evaluated_by_the_eval_code(official, voc_prepared,
                                                        tmp_path, capsys):
   """The 32 VOC sample images through the eval pipeline: the Flax model,
-  its float TFLite and its int8 TFLite (calibrated on those images) under
+  its float TFLite and its int8 TFLite (calibrated on the 26 train images) under
   LiteRT, and its ONNX file under onnxruntime."""
   from deeplab_jax import evaluate  # pylint: disable=g-import-not-at-top
   data_config, _ = voc_prepared
@@ -136,7 +137,7 @@ def test_exported_files_are_evaluated_by_the_eval_code(official, voc_prepared,
   int8 = export.export(model, config, 'tflite_int8',
                        str(tmp_path / 'int8.tflite'))
   # The Flax model and the int8 file, scored by the eval code.
-  report = export.int8_report(model, config, int8)
+  report = cli.int8_report(model, config, int8)
   assert report['images'] == 32
   flax_miou = report['float_miou']
   with open(int8 + '.json') as f:

@@ -40,7 +40,8 @@ def take_step(config, mesh=None) -> dict:
   share of the global batch."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from deeplab_jax import checkpoints, train  # pylint: disable=g-import-not-at-top
+  from deeplab_jax import train  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.weights import tree  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (8, 33, 33, 3)).astype(np.float32)
   labels = rng.integers(0, 5, (8, 33, 33)).astype(np.uint8)
@@ -56,7 +57,7 @@ def take_step(config, mesh=None) -> dict:
   arrays = {'loss': local(metrics['loss'])}
   for group in ('params', 'batch_stats'):
     state = getattr(trainer.state, group)
-    for key, value in checkpoints.flatten_state(state).items():
+    for key, value in tree.flatten_state(state).items():
       arrays[group + '/' + '/'.join(key)] = local(value)
   print('devices', trainer.mesh.devices.size, 'loss', float(arrays['loss']))
   return arrays

@@ -1,5 +1,5 @@
-"""Inference programs: multi-scale + flip probabilities, XLA options, the
-folded copy."""
+"""Inference programs: multi-scale + flip probabilities, XLA options (the
+folded copy is pinned in tests/models/test_deeplab.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import numpy as np
 
 from deeplab_jax import inference
 from deeplab_jax.inference import programs
-from deeplab_jax.models.layers import resize_bilinear
+from deeplab_jax.ops.resize import resize_bilinear
 
 
 class _PixelwiseLinear:
@@ -73,33 +73,3 @@ def test_inference_programs_use_xla_matrix_products_on_cpu(monkeypatch):
   finally:
     monkeypatch.undo()
     inference.compiler_options.cache_clear()
-
-
-def test_the_folded_copy_predicts_what_the_model_does_without_batch_norm():
-  """inference.folded (what eval and predict run): the model's logits in
-  inference mode within 1e-5 of their range, from a program with no
-  BatchNorm arithmetic left (no rsqrt of the variances)."""
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from deeplab_jax.models import create_model, inference_view  # pylint: disable=g-import-not-at-top
-  from tests.conftest import tiny_model_config  # pylint: disable=g-import-not-at-top
-  model = create_model(tiny_model_config(), rngs=nnx.Rngs(3))
-  rng = np.random.default_rng(0)
-  for _, module in nnx.iter_graph(model):  # Statistics that matter.
-    if isinstance(module, nnx.BatchNorm):
-      c = module.mean.shape[0]
-      module.mean[...] = jnp.asarray(rng.normal(0, 0.3, c), jnp.float32)
-      module.var[...] = jnp.asarray(rng.uniform(0.5, 2.0, c), jnp.float32)
-      module.scale[...] = jnp.asarray(rng.uniform(0.5, 1.5, c), jnp.float32)
-  images = jnp.asarray(rng.uniform(-1, 1, (2, 33, 41, 3)), jnp.float32)
-  folded = inference.folded(model)
-  assert not any(isinstance(m, nnx.BatchNorm)
-                 for _, m in nnx.iter_graph(folded))
-  forward = nnx.jit(lambda m, x: m(x))  # Logits, [N, H, W, classes].
-  want = forward(inference_view(model), images)
-  got = forward(folded, images)
-  spread = float(want.max() - want.min())
-  assert spread > 0.1, spread  # Not a degenerate comparison.
-  np.testing.assert_allclose(got, want, atol=1e-5 * spread)
-  program = lambda m: forward.lower(m, images).as_text()  # noqa: E731
-  assert 'rsqrt' in program(inference_view(model))
-  assert 'rsqrt' not in program(folded)

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from deeplab_jax.inference import programs
 from deeplab_jax.models import (create_model, fold_batch_norm, format_summary,
                                 inference_view, parameter_counts,
                                 with_output_stride)
-from deeplab_jax.models import layers
+from deeplab_jax.ops import native_ops
 from tests.conftest import REPO, tiny_model_config
 
 
@@ -123,12 +124,14 @@ def test_folded_batch_norm_matches_the_unfolded_model(head, decoder):
   assert any(isinstance(m, nnx.BatchNorm) for _, m in nnx.iter_graph(model))
   np.testing.assert_allclose(run(folded, images), expected, rtol=0,
                              atol=1e-5)
-  # Folding inside jit (what the inference path does) gives the same.
-  graphdef, state = nnx.split(model)
-  jitted = jax.jit(
-      lambda state, x: fold_batch_norm(nnx.merge(graphdef, state))(x))
-  np.testing.assert_allclose(jitted(state, images), expected, rtol=0,
+  # What eval and predict run: folded by one compiled program, whose
+  # per-image program has no BatchNorm arithmetic (no rsqrt) left.
+  compiled = programs.folded(model)
+  np.testing.assert_allclose(run(compiled, images), expected, rtol=0,
                              atol=1e-5)
+  program = lambda m: run.lower(m, images).as_text()  # noqa: E731
+  assert 'rsqrt' in program(inference_view(model))
+  assert 'rsqrt' not in program(compiled)
 
 
 @pytest.mark.parametrize('config_name,backbone,total', [
@@ -169,7 +172,7 @@ def test_classifier_takes_the_cpu_dense_convs_with_native_values(kernel_size):
   # kernel gradient one product per tap.
   assert trace.count('dot_general') == (3 if kernel_size == 1 else 9)
   assert ('conv_general_dilated' in trace) == (kernel_size > 1)
-  with layers.native_ops():  # What exports trace: the plain convolution.
+  with native_ops():  # What exports trace: the plain convolution.
     native_trace = str(jax.make_jaxpr(forward_and_gradients())(x))
     assert 'dot_general' not in native_trace
     assert 'conv_general_dilated' in native_trace

@@ -10,6 +10,7 @@ from deeplab_jax.config import SEED_DPC_BRANCHES
 from deeplab_jax.models import create_model
 from deeplab_jax.models.heads import ASPP, DensePredictionCell
 from deeplab_jax.models.layers import SeparableConvBN
+from deeplab_jax.ops import native_ops
 from tests.conftest import tiny_model_config
 
 
@@ -148,8 +149,7 @@ def test_image_pooling_is_projected_once_and_trains_like_the_concat():
   (`ConvBN.project_concatenation`), not broadcast and concatenated: in
   training mode (batch statistics) the output, every gradient and the new
   moving statistics equal the plain concat + 1x1 conv that exports trace
-  (`layers.native_ops()`)."""
-  from deeplab_jax.models import layers  # pylint: disable=g-import-not-at-top
+  (`ops.native_ops()`)."""
   aspp = ASPP(6, channels=4, projection_channels=5, atrous_rates=(2,),
               dropout_rate=0.0, rngs=nnx.Rngs(0))
   _randomise_batch_norm(aspp, 2)
@@ -164,7 +164,7 @@ def test_image_pooling_is_projected_once_and_trains_like_the_concat():
   for native in (False, True):
     module = nnx.clone(aspp)
     if native:
-      with layers.native_ops():
+      with native_ops():
         value, (grads, dx) = nnx.value_and_grad(loss, argnums=(0, 1))(
             module, x)
     else:

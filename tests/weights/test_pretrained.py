@@ -12,7 +12,7 @@ import pytest
 from deeplab_jax import evaluate, metrics
 from deeplab_jax.data import pipeline, voc
 from deeplab_jax.errors import WeightImportError
-from deeplab_jax.weights import pretrained, tflite
+from deeplab_jax.weights import pretrained, tflite, tree
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 FLOAT = 'deeplabv3_257_mv_gpu.tflite'
@@ -108,7 +108,7 @@ def test_zoo_checkpoint_with_unfolded_batch_norm_matches_litert(
   weights = pretrained.read_init_weights(archive.as_uri(), config)
   assert np.any(weights[('batch_stats', 'backbone', 'stem', 'bn', 'mean')])
   from deeplab_jax.models import create_model, inference_view  # pylint: disable=g-import-not-at-top
-  from deeplab_jax.checkpoints import copy_matching  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.weights.tree import copy_matching  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
   model = create_model(config.model, output_stride=8)
   graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
@@ -213,11 +213,11 @@ def test_fine_tuning_an_official_model_keeps_it(voc_prepared,
   assert frozen and warning is None and 'folded' in reason
   evaluator = evaluate.Evaluator(config)
   before, _ = cli.inference_model(config, None)
-  weights_before = checkpoints.module_weights(before)
+  weights_before = tree.module_weights(before)
   miou_before = evaluator.evaluate(before, workdir=None)['miou']
   train.train(config, str(tmp_path / 'run'))
   after, _ = checkpoints.restore_model(config, str(tmp_path / 'run'))
-  weights_after = checkpoints.module_weights(after)
+  weights_after = tree.module_weights(after)
   miou_after = evaluator.evaluate(after, workdir=None)['miou']
   assert miou_before == pytest.approx(0.6067, abs=1e-3)
   # Kept (it may improve).
@@ -297,7 +297,7 @@ def test_inference_model_from_a_file_builds_no_random_model(
   classifier for other classes) falls back to a random model for those,
   with a warning that names them."""
   import jax  # pylint: disable=g-import-not-at-top
-  from deeplab_jax import checkpoints, cli  # pylint: disable=g-import-not-at-top
+  from deeplab_jax import cli  # pylint: disable=g-import-not-at-top
   config = pretrained_config('mnv2_dm05_pascal_float_257')
   config.train.init_from = str(shared_models_dir / FLOAT)
   concrete_builds = []
@@ -314,7 +314,7 @@ def test_inference_model_from_a_file_builds_no_random_model(
   assert step is None and concrete_builds == [False]
   assert 'random initialisation' not in caplog.text
   expected = pretrained.read_init_weights(config.train.init_from, config)
-  got = checkpoints.module_weights(model)
+  got = tree.module_weights(model)
   assert set(got) == set(expected)
   assert all(np.array_equal(got[k], expected[k]) for k in expected)
 
@@ -325,7 +325,7 @@ def test_inference_model_from_a_file_builds_no_random_model(
   assert concrete_builds == [False, True]
   assert 'keep their random initialisation' in caplog.text
   assert 'logits' in caplog.text
-  got = checkpoints.module_weights(model)
+  got = tree.module_weights(model)
   assert got[('params', 'logits', 'kernel')].shape[-1] == 2
   assert all(np.array_equal(got[k], expected[k]) for k in expected
              if 'logits' not in k)

@@ -10,28 +10,25 @@ from typing import Any
 
 import ml_collections
 
-from deeplab_jax.errors import ConfigError
 from deeplab_jax.models.backbones.base import (INCEPTION_PREPROCESSING,
                                                Backbone, ConfigChecks,
                                                Preprocessing)
 from deeplab_jax.models.backbones.mobilenet_v2 import MobileNetV2
 from deeplab_jax.models.backbones.resnet import ResNetV1
 from deeplab_jax.models.backbones.xception import Xception65
+from deeplab_jax.registry import Registry
 
-BACKBONES: dict[str, type[Backbone]] = {
-    MobileNetV2.name: MobileNetV2,
-    ResNetV1.name: ResNetV1,
-    Xception65.name: Xception65,
-}
+BACKBONES: Registry[type[Backbone]] = Registry(
+    'backbone', 'config.model.backbone.name', {
+        MobileNetV2.name: MobileNetV2,
+        ResNetV1.name: ResNetV1,
+        Xception65.name: Xception65,
+    })
 
 
 def get_backbone(name: str) -> type[Backbone]:
   """The Backbone class registered as `name` (ConfigError if none is)."""
-  if name not in BACKBONES:
-    raise ConfigError(
-        f'config.model.backbone.name = {name!r} is not allowed: use one of '
-        f'{", ".join(map(repr, BACKBONES))}.')
-  return BACKBONES[name]
+  return BACKBONES.lookup(name)
 
 
 def backbone_config(name: str) -> ml_collections.ConfigDict:

@@ -38,8 +38,9 @@ from deeplab_jax.models.backbones.base import (INCEPTION_PREPROCESSING,
                                                layer_options,
                                                validate_batch_norm,
                                                validate_multi_grid)
-from deeplab_jax.models.layers import (ConvBN, LayerOptions, max_pool,
-                                       tf_same_padding)
+from deeplab_jax.models.layers import ConvBN, LayerOptions
+from deeplab_jax.ops.padding import tf_same_padding
+from deeplab_jax.ops.pooling import max_pool
 
 Array = jax.Array
 

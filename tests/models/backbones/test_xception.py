@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from deeplab_jax.checkpoints import copy_matching
+from deeplab_jax.weights.tree import copy_matching
 from deeplab_jax.config import default_config
 from deeplab_jax.models import backbones, create_model
 from deeplab_jax.models.backbones.xception import Xception65
