@@ -1,25 +1,31 @@
 """Checkpoints with orbax: the train state and the data iterator, atomically.
 
 `<workdir>/checkpoints/<step>/` holds 'state' (step, parameters, BatchNorm
-statistics, optimizer state, RNG key) and 'data' (the grain iterator state
-of every process). Orbax writes each step into a temporary folder and renames
-it when complete, so a run killed at any moment leaves the previous
-checkpoints intact and the next run resumes from the newest complete one.
+statistics, optimizer state, RNG key), 'data' (the grain iterator state
+of every process) and 'meta' (the devices and processes that wrote it).
+Orbax writes each step into a temporary folder and renames it when
+complete, so a run killed at any moment leaves the previous checkpoints
+intact and the next run resumes from the newest complete one. A step found
+damaged later (a deleted or truncated file) is moved aside to
+`<workdir>/checkpoints_unusable/`, so that training writes it again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import grain
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from deeplab_jax.errors import CheckpointError
 from deeplab_jax.models import create_model
@@ -34,6 +40,22 @@ class _IteratorState:
 
   def get_state(self) -> Any:
     return self._state
+
+
+def topology() -> dict[str, int]:
+  """The devices and processes of this run, saved with each step."""
+  return {'devices': jax.device_count(), 'processes': jax.process_count()}
+
+
+class Restored(NamedTuple):
+  """What `Checkpointer.restore_newest` found: the state and its step (None
+  when no checkpoint restored), what it said, whether the data iterator's
+  position carried over, and the devices and processes that wrote it."""
+  state: Any
+  step: int | None
+  notes: list[str]
+  data_restored: bool
+  written_on: dict[str, int] | None
 
 
 def checkpoint_dir(path: str | os.PathLike) -> epath.Path:
@@ -60,6 +82,7 @@ class Checkpointer:
         item_handlers={
             'state': ocp.StandardCheckpointHandler(),
             'data': grain.checkpoint.CheckpointHandler(),
+            'meta': ocp.JsonCheckpointHandler(),
         })
 
   def latest_step(self) -> int | None:
@@ -80,7 +103,8 @@ class Checkpointer:
           step, args=ocp.args.Composite(
               state=ocp.args.StandardSave(state),
               data=grain.checkpoint.CheckpointSave(
-                  _IteratorState(data_state))))
+                  _IteratorState(data_state)),
+              meta=ocp.args.JsonSave(topology())))
     self._saving = step
 
   def wait(self) -> None:
@@ -112,40 +136,120 @@ class Checkpointer:
           'resumes from there.') from None
 
   def restore_newest(self, abstract_state: Any, data_iterator: Any
-                     ) -> tuple[Any, int | None, list[str]]:
-    """(state, step, notes): the newest checkpoint that restores, trying
-    older ones when the newest is incomplete or unreadable (a run killed
-    while saving, a disk that filled up). Raises the newest's error when
-    none restores (e.g. the config changed)."""
-    notes, first_error = [], None
+                     ) -> 'Restored':
+    """The newest checkpoint that restores, trying older ones when the
+    newest is damaged (incomplete, unreadable). Damaged steps newer than
+    the one restored are moved aside (`move_aside`), so that training
+    writes them again; a step that does not fit the config stops with its
+    error (nothing is moved: it is the config that differs).
+
+    The state is restored onto `abstract_state`'s shardings (this run's
+    devices, whatever wrote it); the data position carries over when the
+    process count is the same (`data_restored`).
+    """
+    notes, damaged = [], []
     for step in sorted(self.all_steps(), reverse=True):
       try:
-        return self.restore(step, abstract_state, data_iterator), step, notes
+        state, carried = self.restore(step, abstract_state, data_iterator)
       except CheckpointError as e:
-        first_error = first_error or e
-        reason = getattr(e, 'reason', None) or str(
-            e.__cause__ or e).splitlines()[0][:200]
-        notes.append(f'checkpoint {self.path(step)} is unusable ({reason})')
-    if first_error is not None:
-      raise first_error
-    return None, None, notes
+        if not getattr(e, 'damaged', False):
+          raise
+        damaged.append((step, e.reason))
+        continue
+      notes += [self.move_aside(s, why) for s, why in damaged]
+      return Restored(state, step, notes, carried, self.topology(step))
+    notes += [self.move_aside(s, why) for s, why in damaged]
+    return Restored(None, None, notes, False, None)
+
+  def move_aside(self, step: int, reason: str) -> str:
+    """Moves damaged `step` out of the checkpoints folder (to
+    `<workdir>/checkpoints_unusable/<step>`, numbered if taken) and says
+    where; process 0 moves, every process waits for it."""
+    target = self.directory.parent / 'checkpoints_unusable' / str(step)
+    if jax.process_index() == 0:
+      target.parent.mkdir(parents=True, exist_ok=True)
+      suffix = 1
+      while target.exists():
+        target = target.parent / f'{step}.{suffix}'
+        suffix += 1
+      os.rename(self.path(step), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'move_aside_{step}')
+    self._manager.reload()
+    return (f'checkpoint {self.path(step)} is unusable ({reason}): moved '
+            f'aside to {target}, so that step {step} is written again')
+
+  def topology(self, step: int) -> dict[str, int] | None:
+    """{'devices', 'processes'} that wrote `step` (None when unknown): from
+    its 'meta' item, or for older steps the processes from the data item's
+    file names."""
+    meta = self.path(step) / 'meta' / 'metadata'
+    if meta.exists():
+      try:
+        return json.loads(meta.read_text())
+      except ValueError:
+        return None
+    files = list((self.path(step) / 'data').glob('process_*-of-*.json'))
+    if files:
+      return {'processes': int(files[0].stem.rsplit('-of-', 1)[1])}
+    return None
 
   def restore(self, step: int, abstract_state: Any,
-              data_iterator: Any | None = None) -> Any:
-    """The train state at `step`; also rewinds `data_iterator` if given."""
+              data_iterator: Any | None = None) -> tuple[Any, bool]:
+    """(the train state at `step`, whether `data_iterator` was rewound to
+    its position).
+
+    The data position carries over when the process count is the one that
+    wrote it and the dataset is the same; otherwise it is said, and the
+    caller starts a new order (the state is what must not be lost).
+    """
     self._check_before_reading(step, abstract_state)
-    items = {'state': ocp.args.StandardRestore(abstract_state)}
-    if data_iterator is not None:
-      items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state)))
+    except (ValueError, KeyError, TypeError, FileNotFoundError, OSError,
+            RuntimeError) as e:
+      differences = self._differences(step, abstract_state)
+      if differences:
+        raise CheckpointError(
+            f'The checkpoint {self.path(step)} does not fit this config: '
+            f'{differences}. Train in a new --workdir, or use the config it '
+            'was trained with (config.json beside it).') from None
+      first = str(e).strip().splitlines()[0][:200] if str(e) else ''
+      error = CheckpointError(
+          f'The checkpoint {self.path(step)} is unreadable '
+          f'({type(e).__name__}: {first}).')
+      error.damaged, error.reason = True, f'unreadable: {first}'
+      raise error from None
+    if data_iterator is None:
+      return restored['state'], False
+    written = self.topology(step)
+    if written is not None and written.get('processes') != jax.process_count():
+      return restored['state'], False
+    try:
+      self._manager.restore(step, args=ocp.args.Composite(
+          data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    except (ValueError, KeyError, TypeError, FileNotFoundError, OSError) as e:
+      first = str(e).strip().splitlines()[0][:200] if str(e) else ''
+      message = (f'The data position of {self.path(step)} cannot be '
+                 f'restored ({type(e).__name__}: {first}): training '
+                 f'continues from step {step} with a new data order.')
+      logging.warning('%s', message)
+      print(message, flush=True)
+      return restored['state'], False
+    return restored['state'], True
+
+  def verify(self, step: int) -> None:
+    """CheckpointError unless `step` is saved and complete: a run reports
+    success only with its newest checkpoint usable."""
+    self.wait()
+    if step not in self.all_steps() or self._missing_files(step):
+      missing = self._missing_files(step) if step in self.all_steps() else []
       raise CheckpointError(
-          f'The checkpoint {self.path(step)} '
-          f'{self._mismatch(step, abstract_state, e)}. Train in a new '
-          '--workdir, or use the config it was trained with (config.json '
-          'beside it).') from e
-    return restored['state']
+          f'The checkpoint of step {step} ({self.path(step)}) was not written '
+          'completely' + (f' (no {", ".join(missing)})' if missing else '') +
+          ': run the same command again to write it (the newest usable '
+          'checkpoint is kept).')
 
   def _check_before_reading(self, step: int, abstract_state: Any, *,
                             partial: bool = False) -> None:
@@ -160,10 +264,9 @@ class Checkpointer:
     """
     missing = self._missing_files(step)
     if missing:
-      reason = (f'incomplete: no {", ".join(missing)}; it was being '
-                'written when its run stopped')
+      reason = f'incomplete: no {", ".join(missing)}'
       error = CheckpointError(f'The checkpoint {self.path(step)} is {reason}.')
-      error.reason = reason
+      error.damaged, error.reason = True, reason
       raise error
     differences = self._differences(step, abstract_state, partial=partial)
     if differences:
@@ -237,11 +340,16 @@ class Checkpointer:
               restore_args=ocp.checkpoint_utils.construct_restore_args(
                   abstract_weights),
               partial_restore=True))
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
-      raise CheckpointError(
+    except (ValueError, KeyError, TypeError, FileNotFoundError, OSError,
+            RuntimeError) as e:
+      error = CheckpointError(
           f'The checkpoint {self.path(step)} '
           f'{self._mismatch(step, abstract_weights, e)}. Use the config it '
-          'was trained with (its workdir holds config.json).') from e
+          'was trained with (its workdir holds config.json).')
+      if not self._differences(step, abstract_weights, partial=True):
+        first = str(e).strip().splitlines()[0][:200] if str(e) else ''
+        error.damaged, error.reason = True, f'unreadable: {first}'
+      raise error from None
 
   def close(self) -> None:
     self.wait()
@@ -257,7 +365,8 @@ def restore_model(config: Any, workdir: str | os.PathLike, *,
   statistics of checkpoint `step` (default: the newest) of `workdir`.
 
   The one model loader of eval, predict and `--follow`: it builds no
-  optimizer and restores nothing else.
+  optimizer and restores nothing else. Without `step`, a damaged newest
+  step is named and skipped for the newest usable one.
 
   Returns:
     (model in training mode, the step it was restored from).
@@ -268,8 +377,9 @@ def restore_model(config: Any, workdir: str | os.PathLike, *,
         f'with --workdir={workdir}, or point --workdir at a training run.')
   checkpointer = Checkpointer(workdir, read_only=True)
   try:
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
+    steps = (sorted(checkpointer.all_steps(), reverse=True) if step is None
+             else [step])
+    if not steps:
       raise CheckpointError(
           f'No checkpoint in {checkpointer.directory}: train first with '
           f'--workdir={workdir}, or point --workdir at a training run.')
@@ -278,8 +388,16 @@ def restore_model(config: Any, workdir: str | os.PathLike, *,
                                                    output_stride=stride))
     graphdef, params, batch_stats = nnx.split(abstract, nnx.Param,
                                               nnx.BatchStat)
-    restored = checkpointer.restore_weights(
-        step, {'params': params, 'batch_stats': batch_stats})
+    for index, step in enumerate(steps):
+      try:
+        restored = checkpointer.restore_weights(
+            step, {'params': params, 'batch_stats': batch_stats})
+        break
+      except CheckpointError as e:
+        if not getattr(e, 'damaged', False) or index + 1 == len(steps):
+          raise
+        print(f'Skipping checkpoint {checkpointer.path(step)}: it is '
+              f'{e.reason}; using step {steps[index + 1]}.', flush=True)
   finally:
     checkpointer.close()
   bad = ['/'.join(key) for key, value in flatten_state(restored).items()
@@ -311,7 +429,13 @@ def read_weights(path: str | os.PathLike) -> dict[tuple[str, ...], np.ndarray]:
           f'config.train.init_from: no checkpoint under {path} (expected '
           '<workdir>/checkpoints/<step>/state).')
     step_dir = directory / str(steps[-1])
-  raw = ocp.StandardCheckpointer().restore(step_dir / 'state')
+  # As host arrays: any device count may have written it.
+  metadata = ocp.PyTreeCheckpointer().metadata(
+      step_dir / 'state').item_metadata.tree
+  raw = ocp.PyTreeCheckpointer().restore(
+      step_dir / 'state', args=ocp.args.PyTreeRestore(
+          restore_args=jax.tree.map(
+              lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)))
   flat = {}
   for group in ('params', 'batch_stats'):
     for key, value in flatten_state(raw.get(group, {})).items():

@@ -17,7 +17,7 @@ from flax import nnx
 from deeplab_jax import checkpoints, evaluate, export, predict, train
 from deeplab_jax.config import default_config, validate_config
 from deeplab_jax.data import datasets, pipeline
-from deeplab_jax.errors import CheckpointError, ConfigError
+from deeplab_jax.errors import EXIT_STOPPED, CheckpointError, ConfigError
 from deeplab_jax.models import create_model, format_summary
 from deeplab_jax.weights import pretrained
 from deeplab_jax.weights.common import unset_arrays
@@ -30,7 +30,7 @@ def _require_workdir(mode: str, workdir: str | None) -> str:
   return os.path.abspath(os.path.expanduser(workdir))
 
 
-def ensure_writable(directory: str, flag: str) -> None:
+def ensure_writable(directory: str, flag: str, why: str = '') -> None:
   """ConfigError before any work when `directory` cannot be written."""
   try:
     os.makedirs(directory, exist_ok=True)
@@ -40,7 +40,8 @@ def ensure_writable(directory: str, flag: str) -> None:
     os.remove(probe)
   except OSError as e:
     raise ConfigError(f'Cannot write to {directory} ({e.strerror}): pass a '
-                      f'writable {flag}.') from None
+                      f'writable {flag}' + (f' ({why})' if why else '') +
+                      '.') from None
 
 
 def inference_model(config: Any, workdir: str | None
@@ -209,10 +210,17 @@ def run(config: Any, *, mode: str, workdir: str | None = None,
     workdir = _require_workdir(mode, workdir)
     start = time.time()
     result = train.train(config, workdir)
-    logging.info('Training finished: %s', result)
-    line = (f'Trained to step {result["final_step"]} in '
-            f'{(time.time() - start) / 60:.1f} min; checkpoints in '
-            f'{workdir}/checkpoints.')
+    logging.info('Training ended: %s', result)
+    minutes = (time.time() - start) / 60
+    if result.get('stopped'):
+      line = (f'Stopped by {result["stopped"]} at step '
+              f'{result["final_step"]} of {result["num_steps"]} after '
+              f'{minutes:.1f} min; checkpoint saved in {workdir}/checkpoints. '
+              f'Run the same command to resume (exit code '
+              f'{EXIT_STOPPED}: stopped, resumable).')
+    else:
+      line = (f'Trained to step {result["final_step"]} in {minutes:.1f} '
+              f'min; checkpoints in {workdir}/checkpoints.')
     if 'eval' in result:
       e = result['eval']
       line += (f' Eval at step {e["step"]}: mIoU {e["miou"]:.4f}, pixel '
@@ -223,21 +231,23 @@ def run(config: Any, *, mode: str, workdir: str | None = None,
     return result
   if mode == 'eval':
     workdir = _require_workdir(mode, workdir)
+    results = os.path.abspath(output or os.path.join(workdir, 'eval'))
     if not follow:  # --follow creates nothing before a checkpoint appears.
-      ensure_writable(os.path.join(workdir, 'eval'), '--workdir')
+      ensure_writable(results, '--output=DIR for the results' if not output
+                      else '--output', why='the checkpoints are only read')
     if follow:
-      return evaluate.follow(config, workdir)
+      return evaluate.follow(config, workdir, out_dir=results)
     if config.eval.runtime != 'jax':  # An exported file: no model.
       model, step = None, None
       print(f'Evaluating {config.eval.model_file} under '
             f'{config.eval.runtime}.', flush=True)
     else:
       model, step = inference_model(config, workdir)
-    summary = evaluate.evaluate(config, model, workdir=workdir, step=step)
+    summary = evaluate.evaluate(config, model, out_dir=results, step=step)
     print(f'mIoU {summary["miou"]:.4f}, pixel accuracy '
           f'{summary["pixel_accuracy"]:.4f} on {summary["images"]} images '
           f'in {summary["seconds"]:.1f} s; written to '
-          f'{workdir}/eval/metrics.json')
+          f'{results}/metrics.json')
     return summary
   if mode == 'predict':
     if not images:

@@ -12,18 +12,23 @@ allowed ones, so nothing deeper has to re-check user input;
 
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib.resources
 import importlib.util
-import numbers
 import os
 import pathlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
+from deeplab_jax.config_checks import (CHECKS, Check, choice, class_weights,
+                                       fail, input_scale, int_tuple, integer,
+                                       num_classes, one_of, optional, ranged,
+                                       registered, scales,
+                                       validate_dpc_branches)
 from deeplab_jax.data.datasets import DATASETS
 from deeplab_jax.data.folder_builder import MASK_FORMATS
 from deeplab_jax.errors import ConfigError
@@ -38,7 +43,6 @@ from deeplab_jax.ops.depthwise import CONV_IMPLEMENTATIONS
 from deeplab_jax.optim import LR_SCHEDULES, OPTIMIZERS
 
 OUTPUT_STRIDES = (8, 16, 32)
-DPC_OPS = ('conv', 'pyramid_pooling')
 # Keys that were replaced: the message says by what.
 RENAMED_KEYS = {
     'config.eval.resize_to_crop':
@@ -133,6 +137,8 @@ def default_config() -> ml_collections.ConfigDict:
   d.max_scale = 2.0
   d.scale_step = 0.25
   d.random_flip = True
+  # Build the prepared dataset again (a damaged or outdated one).
+  d.reprepare = False
   d.num_workers = 2  # grain worker processes per host; 0 = in-process.
   d.prefetch_batches = 4  # Per worker.
 
@@ -225,8 +231,12 @@ def default_config() -> ml_collections.ConfigDict:
   # Larger images are skipped with a message (PIL's decompression bomb
   # guard is 89 million pixels).
   e.max_image_pixels = 89_478_485
-  # --follow stops after this many seconds without a new checkpoint.
+  # --follow stops after this many seconds without a new checkpoint; it
+  # looks every follow_poll_seconds and evaluates every checkpoint in order
+  # (only the newest new one with follow_newest_only).
   e.follow_timeout = 3600.0
+  e.follow_poll_seconds = 30.0
+  e.follow_newest_only = False
   # 'jax' evaluates the Flax model; 'litert' (.tflite), 'onnxruntime'
   # (.onnx) or 'stablehlo' evaluates eval.model_file, an exported file, with
   # the same pipeline
@@ -250,206 +260,90 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-# ------------------------------------------------------------ validation
-
-Check = Callable[[str, Any, Any], None]  # (key, value, config) -> None
-
-
-def _fail(key: str, value: Any, allowed: str) -> ConfigError:
-  return ConfigError(f'{key} = {value!r} is not allowed: {allowed}.')
-
-
-def _is_int(x: Any) -> bool:
-  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _is_number(x: Any) -> bool:
-  return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def one_of(key: str, value: Any, allowed: Sequence[Any]) -> None:
-  if value not in allowed:
-    raise _fail(key, value, 'use one of ' + ', '.join(map(repr, allowed)))
-
-
-def positive_int(key: str, value: Any, minimum: int = 1) -> None:
-  if not _is_int(value) or value < minimum:
-    raise _fail(key, value, f'use an integer >= {minimum}')
-
-
-def number_in(key: str, value: Any, lo: float, hi: float,
-              lo_open: bool = False, hi_open: bool = False) -> None:
-  ok = _is_number(value)
-  if ok:
-    ok = (value > lo if lo_open else value >= lo) and (
-        value < hi if hi_open else value <= hi)
-  if not ok:
-    lb = '(' if lo_open else '['
-    rb = ')' if hi_open else ']'
-    raise _fail(key, value, f'use a number in {lb}{lo}, {hi}{rb}')
-
-
-CHECKS = backbones.ConfigChecks(one_of=one_of, positive_int=positive_int,
-                                number_in=number_in)
-
-
-# Rule constructors for the table below. Bounds may be callables of the
-# config, for limits that depend on another key.
-def _choice(allowed: Sequence[Any]) -> Check:
-  return lambda key, value, config: one_of(key, value, allowed)
-
-
-def _registered(names: Callable[[], Sequence[str]]) -> Check:
-  """One of the names a registry holds when the config is checked (so a
-  part registered after import, by a test or a user's module, counts)."""
-  return lambda key, value, config: one_of(key, value, tuple(names()))
-
-
-def _int(minimum: int = 1) -> Check:
-  return lambda key, value, config: positive_int(key, value, minimum)
-
-
-def _number(lo, hi, lo_open: bool = False, hi_open: bool = False) -> Check:
-  bound = lambda b, config: b(config) if callable(b) else b
-  return lambda key, value, config: number_in(
-      key, value, bound(lo, config), bound(hi, config), lo_open, hi_open)
-
-
-def _optional(check: Check) -> Check:
-  return lambda key, value, config: (None if value is None else
-                                     check(key, value, config))
-
-
-def _int_tuple(example: str) -> Check:
-  def check(key, value, config):
-    del config
-    if not isinstance(value, (list, tuple)) or not all(
-        _is_int(r) and r >= 1 for r in value):
-      raise _fail(key, value, f'use a tuple of integers >= 1, {example}')
-  return check
-
-
-def _scales(key: str, value: Any, config: Any) -> None:
-  del config
-  if (not isinstance(value, (list, tuple)) or not value or
-      not all(_is_number(s) and 0 < s <= 8 for s in value)):
-    raise _fail(key, value,
-                'use a non-empty tuple of scales in (0, 8], e.g. (1.0,)')
-
-
-def _num_classes(key: str, value: Any, config: Any) -> None:
-  del config
-  if not _is_int(value) or value == 1 or value < 0:
-    raise _fail(key, value, 'use 0 (the dataset\'s number of classes) or an '
-                'integer >= 2')
-
-
-def _class_weights(key: str, value: Any, config: Any) -> None:
-  if value is None or value == 'inverse_frequency':
-    return
-  if (not isinstance(value, (list, tuple)) or
-      not all(_is_number(w) and w >= 0 for w in value) or
-      not any(w > 0 for w in value)):
-    raise _fail(key, value, "use None, 'inverse_frequency' or a list of "
-                'num_classes weights >= 0, e.g. [1.0, 5.0]')
-  n = config.model.num_classes
-  if n and len(value) != n:
-    raise _fail(key, value, f'give one weight per class: {n} '
-                '(config.model.num_classes)')
-
-
-def _input_scale(key: str, value: Any, config: Any) -> None:
-  del config
-  try:
-    policy.parse_input_scale(value)
-  except (TypeError, ValueError):
-    raise _fail(key, value, "use 'native', 'fit' or a factor in (0, 16], "
-                'e.g. 0.5') from None
-
-
 _INF = float('inf')
 
 # (key under `config.`, check): every scalar key of the schema but the
 # backbone's (its class checks those) and the DPC branches (below).
 RULES: tuple[tuple[str, Check], ...] = (
-    ('seed', _int(0)),
-    ('model.num_classes', _num_classes),
-    ('model.output_stride', _choice(OUTPUT_STRIDES)),
-    ('model.dtype', _registered(lambda: DTYPES)),
-    ('model.depthwise_impl', _registered(lambda: CONV_IMPLEMENTATIONS)),
-    ('model.bn_momentum', _number(0.0, 1.0)),
-    ('model.bn_epsilon', _number(0.0, 1.0, lo_open=True)),
-    ('model.classifier_kernel_size', _choice((1, 3))),
-    ('model.head.type', _registered(HEADS.names)),
-    ('model.head.channels', _int()),
-    ('model.head.projection_channels', _int()),
-    ('model.head.atrous_rates', _int_tuple(
+    ('seed', integer(0)),
+    ('model.num_classes', num_classes),
+    ('model.output_stride', choice(OUTPUT_STRIDES)),
+    ('model.dtype', registered(lambda: DTYPES)),
+    ('model.depthwise_impl', registered(lambda: CONV_IMPLEMENTATIONS)),
+    ('model.bn_momentum', ranged(0.0, 1.0)),
+    ('model.bn_epsilon', ranged(0.0, 1.0, lo_open=True)),
+    ('model.classifier_kernel_size', choice((1, 3))),
+    ('model.head.type', registered(HEADS.names)),
+    ('model.head.channels', integer()),
+    ('model.head.projection_channels', integer()),
+    ('model.head.atrous_rates', int_tuple(
         'e.g. (6, 12, 18), or () for the reference MobileNetV2 head')),
-    ('model.head.conv_rate_multiplier', _optional(_int())),
-    ('model.head.separable_depth_multiplier', _int()),
-    ('model.head.dropout_rate', _number(0.0, 1.0, hi_open=True)),
-    ('model.decoder.type', _registered(DECODERS.names)),
-    ('model.decoder.low_level_channels', _int()),
-    ('model.decoder.channels', _int()),
-    ('data.dataset', _registered(DATASETS.names)),
-    ('data.mask_format', _choice(MASK_FORMATS)),
-    ('data.val_fraction', _number(0.0, 1.0, lo_open=True, hi_open=True)),
-    ('data.crop_size', _int(16)),
-    ('data.min_scale', _number(0.0, 100.0, lo_open=True)),
-    ('data.max_scale', _number(lambda c: c.data.min_scale, 100.0)),
-    ('data.scale_step', _number(0.0, 100.0)),
-    ('data.num_workers', _int(0)),
-    ('data.prefetch_batches', _int()),
-    ('train.batch_size', _int()),
-    ('train.num_steps', _int()),
-    ('train.num_epochs', _optional(_number(0.0, 1e9, lo_open=True))),
-    ('train.optimizer', _registered(OPTIMIZERS.names)),
-    ('train.learning_rate', _number(0.0, 10.0, lo_open=True)),
-    ('train.momentum', _number(0.0, 1.0, hi_open=True)),
-    ('train.adam_b1', _number(0.0, 1.0, hi_open=True)),
-    ('train.adam_b2', _number(0.0, 1.0, hi_open=True)),
-    ('train.adam_eps', _number(0.0, 1.0, lo_open=True)),
-    ('train.lr_schedule', _registered(LR_SCHEDULES.names)),
-    ('train.poly_power', _number(0.0, 100.0)),
+    ('model.head.conv_rate_multiplier', optional(integer())),
+    ('model.head.separable_depth_multiplier', integer()),
+    ('model.head.dropout_rate', ranged(0.0, 1.0, hi_open=True)),
+    ('model.decoder.type', registered(DECODERS.names)),
+    ('model.decoder.low_level_channels', integer()),
+    ('model.decoder.channels', integer()),
+    ('data.dataset', registered(DATASETS.names)),
+    ('data.mask_format', choice(MASK_FORMATS)),
+    ('data.val_fraction', ranged(0.0, 1.0, lo_open=True, hi_open=True)),
+    ('data.crop_size', integer(16)),
+    ('data.min_scale', ranged(0.0, 100.0, lo_open=True)),
+    ('data.max_scale', ranged(lambda c: c.data.min_scale, 100.0)),
+    ('data.scale_step', ranged(0.0, 100.0)),
+    ('data.num_workers', integer(0)),
+    ('data.prefetch_batches', integer()),
+    ('train.batch_size', integer()),
+    ('train.num_steps', integer()),
+    ('train.num_epochs', optional(ranged(0.0, 1e9, lo_open=True))),
+    ('train.optimizer', registered(OPTIMIZERS.names)),
+    ('train.learning_rate', ranged(0.0, 10.0, lo_open=True)),
+    ('train.momentum', ranged(0.0, 1.0, hi_open=True)),
+    ('train.adam_b1', ranged(0.0, 1.0, hi_open=True)),
+    ('train.adam_b2', ranged(0.0, 1.0, hi_open=True)),
+    ('train.adam_eps', ranged(0.0, 1.0, lo_open=True)),
+    ('train.lr_schedule', registered(LR_SCHEDULES.names)),
+    ('train.poly_power', ranged(0.0, 100.0)),
     ('train.end_learning_rate',
-     _number(0.0, lambda c: c.train.learning_rate)),
-    ('train.warmup_steps', _int(0)),
-    ('train.inverse_time_decay', _number(0.0, 1e9)),
+     ranged(0.0, lambda c: c.train.learning_rate)),
+    ('train.warmup_steps', integer(0)),
+    ('train.inverse_time_decay', ranged(0.0, 1e9)),
     ('train.reduce_on_plateau_factor',
-     _optional(_number(0.0, 1.0, lo_open=True))),
-    ('train.reduce_on_plateau_patience', _int(0)),
-    ('train.reduce_on_plateau_accumulation_steps', _int()),
-    ('train.weight_decay', _number(0.0, 1.0)),
-    ('train.bias_lr_multiplier', _number(0.0, 1000.0)),
-    ('train.batch_norm_min_batch', _int(1)),
-    ('train.class_weights', _class_weights),
-    ('train.top_k_percent_pixels', _number(0.0, 1.0, lo_open=True)),
-    ('train.hard_example_mining_step', _int(0)),
-    ('train.log_every_steps', _int()),
-    ('train.checkpoint_every_steps', _int()),
-    ('train.keep_checkpoints', _int()),
-    ('train.eval_every_steps', _int(0)),
-    ('train.init_from_scope', _choice(('backbone', 'model'))),
-    ('eval.output_stride', _choice(OUTPUT_STRIDES)),
-    ('eval.input_scale', _input_scale),
-    ('eval.mode', _choice(policy.MODES)),
-    ('eval.crop_size', _int(16)),
-    ('eval.tile_size', _int(17)),
-    ('eval.tile_stride', _optional(_int())),
-    ('eval.tile_batch', _int()),
-    ('eval.tile_weighting', _choice(policy.TILE_WEIGHTINGS)),
-    ('eval.slide_context', _choice(policy.SLIDE_CONTEXTS)),
-    ('eval.max_whole_pixels', _int()),
-    ('eval.scales', _scales),
-    ('eval.batch_size', _int()),
-    ('eval.num_result_images', _int(0)),
-    ('eval.max_images', _optional(_int())),
-    ('eval.max_image_pixels', _int()),
-    ('eval.follow_timeout', _number(0.0, 1e9)),
-    ('eval.runtime', _registered(runtime_names)),
-    ('export.input_size', _int(0)),
-    ('export.calibration_images', _int()),
-    ('export.output', _choice(OUTPUTS)),
+     optional(ranged(0.0, 1.0, lo_open=True))),
+    ('train.reduce_on_plateau_patience', integer(0)),
+    ('train.reduce_on_plateau_accumulation_steps', integer()),
+    ('train.weight_decay', ranged(0.0, 1.0)),
+    ('train.bias_lr_multiplier', ranged(0.0, 1000.0)),
+    ('train.batch_norm_min_batch', integer(1)),
+    ('train.class_weights', class_weights),
+    ('train.top_k_percent_pixels', ranged(0.0, 1.0, lo_open=True)),
+    ('train.hard_example_mining_step', integer(0)),
+    ('train.log_every_steps', integer()),
+    ('train.checkpoint_every_steps', integer()),
+    ('train.keep_checkpoints', integer()),
+    ('train.eval_every_steps', integer(0)),
+    ('train.init_from_scope', choice(('backbone', 'model'))),
+    ('eval.output_stride', choice(OUTPUT_STRIDES)),
+    ('eval.input_scale', input_scale),
+    ('eval.mode', choice(policy.MODES)),
+    ('eval.crop_size', integer(16)),
+    ('eval.tile_size', integer(17)),
+    ('eval.tile_stride', optional(integer())),
+    ('eval.tile_batch', integer()),
+    ('eval.tile_weighting', choice(policy.TILE_WEIGHTINGS)),
+    ('eval.slide_context', choice(policy.SLIDE_CONTEXTS)),
+    ('eval.max_whole_pixels', integer()),
+    ('eval.scales', scales),
+    ('eval.batch_size', integer()),
+    ('eval.num_result_images', integer(0)),
+    ('eval.max_images', optional(integer())),
+    ('eval.max_image_pixels', integer()),
+    ('eval.follow_timeout', ranged(0.0, 1e9)),
+    ('eval.follow_poll_seconds', ranged(0.0, 1e6, lo_open=True)),
+    ('eval.runtime', registered(runtime_names)),
+    ('export.input_size', integer(0)),
+    ('export.calibration_images', integer()),
+    ('export.output', choice(OUTPUTS)),
 )
 
 
@@ -484,52 +378,11 @@ def _lookup(config: Any, dotted: str) -> Any:
   return node
 
 
-def validate_dpc_branches(branches: Any,
-                          key: str = 'config.model.head.dpc_branches') -> None:
-  """Checks a Dense Prediction Cell spec (the seed's encoder_middle_conf)."""
-  if not isinstance(branches, (list, tuple)) or not branches:
-    raise _fail(key, branches, 'give a non-empty list of branch dicts')
-  required = {'kernel', 'rate', 'op', 'input'}
-  for i, b in enumerate(branches):
-    k = f'{key}[{i}]'
-    if not isinstance(b, (Mapping, ml_collections.ConfigDict)):
-      raise _fail(k, b, 'each branch is a dict with keys kernel, rate, op, '
-                  'input')
-    missing = required - set(b.keys())
-    if missing:
-      raise ConfigError(f'{k} lacks {", ".join(sorted(missing))}: each branch '
-                        'needs kernel, rate, op and input.')
-    unknown = set(b.keys()) - required - {'grid_size'}
-    if unknown:
-      raise ConfigError(f'{k} has unknown keys {sorted(unknown)}: allowed are '
-                        'kernel, rate, op, input, grid_size.')
-    one_of(f'{k}.op', b['op'], DPC_OPS)
-    if b['op'] == 'conv':
-      one_of(f'{k}.kernel', b['kernel'], (1, 3))
-    rate = b['rate']
-    if (not isinstance(rate, (list, tuple)) or len(rate) != 2 or
-        not all(_is_int(r) and r >= 1 for r in rate)):
-      raise _fail(f'{k}.rate', rate, 'use [rate_h, rate_w], two integers >= 1')
-    inp = b['input']
-    if not _is_int(inp) or inp < -1 or inp >= i:
-      raise _fail(
-          f'{k}.input', inp,
-          f'use -1 (backbone features) or the index of an earlier branch '
-          f'(0..{i - 1}); a branch cannot read itself or a later branch'
-          if i else 'the first branch must read the backbone features (-1)')
-    if b['op'] == 'pyramid_pooling':
-      grid = b.get('grid_size')
-      if (not isinstance(grid, (list, tuple)) or len(grid) != 2 or
-          not all(_is_int(g) and g >= 1 for g in grid)):
-        raise _fail(f'{k}.grid_size', grid,
-                    'pyramid_pooling needs grid_size [h, w] of integers >= 1')
-
-
 def validate_backbone_config(backbone_config: Any,
                              key: str = 'config.model.backbone') -> None:
   """Checks the backbone sub-dict against its backbone's own schema."""
   if not isinstance(backbone_config, (Mapping, ml_collections.ConfigDict)):
-    raise _fail(key, backbone_config, 'use a group of backbone settings '
+    raise fail(key, backbone_config, 'use a group of backbone settings '
                 "(backbones.backbone_config('mobilenet_v2'))")
   name = backbone_config.get('name')
   one_of(f'{key}.name', name, backbones.BACKBONES.names())
@@ -609,15 +462,39 @@ def resolve_config_path(value: str) -> str:
   return f'{packaged}{colon}{argument}'
 
 
+def check_config_file(value: str) -> str:
+  """The file of a --config value (a path or a shipped config's name, with
+  an optional ':argument'), checked: it exists, parses and defines
+  get_config. ConfigError naming the file and the problem otherwise."""
+  resolved = resolve_config_path(value)
+  file = resolved.partition('.py:')[0]
+  file = file if file.endswith('.py') else file + '.py'
+  if not os.path.isfile(file):
+    raise ConfigError(
+        f'--config={value}: {file} does not exist. Give a config file '
+        f'(configs/*.py) or a shipped config\'s name: '
+        f'{", ".join(shipped_configs())}.')
+  try:
+    with open(file, encoding='utf-8') as f:
+      tree = ast.parse(f.read(), filename=file)
+  except SyntaxError as e:
+    raise ConfigError(f'--config={value}: {file} line {e.lineno}: '
+                      f'{e.msg}.') from None
+  if not any(isinstance(node, ast.FunctionDef) and node.name == 'get_config'
+             for node in tree.body):
+    raise ConfigError(
+        f'--config={value}: {file} defines no get_config(); a config file '
+        'defines get_config() returning the config (see configs/demo.py).')
+  return resolved
+
+
 def load_config_file(path: str) -> ml_collections.ConfigDict:
   """`get_config()` of a config file, with an optional ':argument'
   (`configs/voc_pretrained.py:mnv2_pascal_quant_513`), as --config reads it;
   a shipped config's name works too (`demo`). Validated. For notebooks,
   scripts, benchmarks and tests."""
-  file, _, argument = resolve_config_path(str(path)).partition('.py:')
+  file, _, argument = check_config_file(str(path)).partition('.py:')
   file = file if file.endswith('.py') else file + '.py'
-  if not os.path.exists(file):
-    raise ConfigError(f'Config file {file} does not exist.')
   spec = importlib.util.spec_from_file_location('config_file', file)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

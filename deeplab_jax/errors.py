@@ -6,6 +6,13 @@ do. `main.py` prints the message alone, without a traceback.
 """
 
 
+# Exit codes (main.py; the README's "Using it" lists them): finished; a
+# mistake or failure, said in one line; stopped early and resumable
+# (SIGTERM, one Ctrl-C: run the same command again); quit by a second
+# Ctrl-C without saving.
+EXIT_OK, EXIT_FAILED, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 75, 130
+
+
 class DeepLabError(Exception):
   """Base class of every error meant for the user, not for a developer."""
 

@@ -15,8 +15,10 @@ and `follow` reuses one for every checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,7 +33,7 @@ from jax.experimental import multihost_utils
 from PIL import Image
 
 from deeplab_jax import (checkpoints, distributed, metric_writers, metrics,
-                         optim, visualize)
+                         optim, visualize, workdir_lock)
 from deeplab_jax.compile_stats import CompileCounter
 from deeplab_jax.data import pipeline
 from deeplab_jax.data.datasets import class_names, dataset_spec
@@ -40,6 +42,14 @@ from deeplab_jax.inference import blend
 from deeplab_jax.inference.segmenter import Segmenter
 from deeplab_jax.progress import Progress
 from deeplab_jax.models import backbones, create_model, fold_batch_norm
+
+
+def write_atomically(path: epath.Path, text: str) -> None:
+  """`path` gets `text` whole or not at all (a reader never sees half a
+  metrics file): written beside it, then renamed over it."""
+  temporary = path.parent / f'.{path.name}.{os.getpid()}.tmp'
+  temporary.write_text(text)
+  os.replace(temporary, path)
 
 
 class Evaluator:
@@ -110,16 +120,18 @@ class Evaluator:
     return self.segmenter.bind(
         self._fold(jax.device_put(states, self._replicated)))
 
-  def evaluate(self, weights: Any, *, workdir: str | None,
+  def evaluate(self, weights: Any, *, workdir: str | None = None,
                step: int | None = None, writer: Any | None = None,
-               split: str | None = None, source=None) -> dict[str, Any]:
+               split: str | None = None, source=None,
+               out_dir: str | None = None) -> dict[str, Any]:
     """Evaluates `weights` on the eval split.
 
     Args:
       weights: a model of this config (any output stride), or a tuple of
         its nnx.States (e.g. (params, batch_stats) of a train state).
       workdir: metrics.json, the confusion matrix and result images go to
-        <workdir>/eval/ (None: nothing is written).
+        <workdir>/eval/ (None: nothing is written)...
+      out_dir: ... or to this folder instead (eval of a read-only run).
       step: the training step, for the record and TensorBoard.
       writer: a metric_writers.MetricWriter for TensorBoard (optional).
       split, source: another split, or a random-access source (tests).
@@ -130,8 +142,10 @@ class Evaluator:
        image shape has been seen), 'compile_seconds', ...}; also written to
        <workdir>/eval/metrics.json.
     """
+    if out_dir is None and workdir:
+      out_dir = os.path.join(workdir, 'eval')
     with CompileCounter() as compiles:
-      summary = self._evaluate(weights, workdir=workdir, step=step,
+      summary = self._evaluate(weights, out_dir=out_dir, step=step,
                                split=split, source=source)
     summary.update(compiles=compiles.lowerings,
                    compile_seconds=round(compiles.compile_seconds, 3))
@@ -140,12 +154,12 @@ class Evaluator:
                  summary['miou'], summary['pixel_accuracy'],
                  summary['images'], summary['seconds'], summary['compiles'],
                  summary['compile_seconds'])
-    out_dir = epath.Path(workdir) / 'eval' if workdir else None
+    out_dir = epath.Path(out_dir) if out_dir else None
     if out_dir is not None and jax.process_index() == 0:
-      (out_dir / 'metrics.json').write_text(json.dumps(summary, indent=2))
+      text = json.dumps(summary, indent=2)
+      write_atomically(out_dir / 'metrics.json', text)
       if step is not None:
-        (out_dir / f'metrics_{step}.json').write_text(
-            json.dumps(summary, indent=2))
+        write_atomically(out_dir / f'metrics_{step}.json', text)
       visualize.confusion_figure(
           np.asarray(summary['confusion_matrix']), self.class_names).savefig(
               str(out_dir / 'confusion_matrix.png'), dpi=100)
@@ -158,7 +172,7 @@ class Evaluator:
       writer.write_scalars(step, scalars)
     return summary
 
-  def _evaluate(self, weights: Any, *, workdir: str | None,
+  def _evaluate(self, weights: Any, *, out_dir: str | None,
                 step: int | None, split: str | None, source
                 ) -> dict[str, Any]:
     config = self.config
@@ -177,8 +191,7 @@ class Evaluator:
     total = len(source) if limit is None else min(limit, len(source))
     total_local = -(-total // jax.process_count())
 
-    out_dir = epath.Path(workdir) / 'eval' if workdir else None
-    image_dir = out_dir / 'images' if out_dir else None
+    image_dir = epath.Path(out_dir) / 'images' if out_dir else None
     if image_dir is not None and jax.process_index() == 0:
       image_dir.mkdir(parents=True, exist_ok=True)
     confusion = np.zeros((num_classes, num_classes), np.int64)
@@ -224,23 +237,26 @@ class Evaluator:
         score(example, blend.finish(views, *size, num_classes)[0])
       pending.clear()
 
-    for example in examples:
-      if seen + len(pending) >= total_local:
-        break
-      if example['mode'] == 'refused':
-        raise ConfigError(example['reason'])
-      if example['mode'] == 'whole':
-        if pending and (example['image'].shape != pending[0]['image'].shape
-                        or len(pending) == whole_batch(
-                            pending[0]['image'].shape)):
-          run_pending()
-        pending.append(example)
-        continue
+    try:
+      for example in examples:
+        if seen + len(pending) >= total_local:
+          break
+        if example['mode'] == 'refused':
+          raise ConfigError(example['reason'])
+        if example['mode'] == 'whole':
+          if pending and (example['image'].shape != pending[0]['image'].shape
+                          or len(pending) == whole_batch(
+                              pending[0]['image'].shape)):
+            run_pending()
+          pending.append(example)
+          continue
+        run_pending()
+        result = segmenter.segment(states, example['image'],
+                                   name=example['file_name'])
+        score(example, result.classes)
       run_pending()
-      result = segmenter.segment(states, example['image'],
-                                 name=example['file_name'])
-      score(example, result.classes)
-    run_pending()
+    finally:  # A failure stops the workers before its message.
+      distributed.close_iterator(examples)
     progress.close()
     if jax.process_count() > 1:
       confusion = np.asarray(
@@ -288,47 +304,72 @@ def evaluate(config: ml_collections.ConfigDict, weights: Any, **kwargs
 
 
 def follow(config: ml_collections.ConfigDict, workdir: str, *,
-           poll_seconds: float = 30.0, timeout_seconds: float | None = None
-           ) -> dict[str, Any] | None:
-  """Evaluates every new checkpoint as training writes it, until the final
-  step, or until no new checkpoint came for `timeout_seconds` (default
-  `config.eval.follow_timeout`). One Evaluator serves every checkpoint: only
-  the first compiles. It creates nothing in `workdir` before a checkpoint
+           poll_seconds: float | None = None,
+           timeout_seconds: float | None = None,
+           out_dir: str | None = None) -> dict[str, Any] | None:
+  """Evaluates every checkpoint training writes, in order (only the newest
+  new one at each look with `config.eval.follow_newest_only`), until the
+  final step, or until no new checkpoint came for `timeout_seconds`
+  (default `config.eval.follow_timeout`). One Evaluator serves every
+  checkpoint: only the first compiles. One follower per results folder
+  (`<out_dir>/follow.lock`); it creates nothing before a checkpoint
   appears.
 
   Raises:
     CheckpointError: no checkpoint appeared within the timeout (a mistyped
-      --workdir, or training never started).
+      --workdir, or training never started), or another follower writes
+      to the same folder.
   """
-  timeout = (config.eval.follow_timeout if timeout_seconds is None
-             else timeout_seconds)
+  e = config.eval
+  timeout = e.follow_timeout if timeout_seconds is None else timeout_seconds
+  poll = e.follow_poll_seconds if poll_seconds is None else poll_seconds
   directory = epath.Path(workdir) / 'checkpoints'
+  out_dir = epath.Path(out_dir or epath.Path(workdir) / 'eval')
   final = optim.num_train_steps(config.train, len(pipeline.data_source(
       config.data, config.data.train_split)))
-  print(f'Following {directory}: evaluating each new checkpoint until step '
-        f'{final}; stopping after {timeout:.0f} s without one '
-        '(config.eval.follow_timeout).', flush=True)
+  print(f'Following {directory}: evaluating '
+        f'{"the newest new checkpoint" if e.follow_newest_only else "every checkpoint"}'
+        f' until step {final}, results in {out_dir}; stopping after '
+        f'{timeout:.0f} s without a new one (config.eval.follow_timeout).',
+        flush=True)
   evaluator, writer, checkpointer = None, None, None
+  lock = contextlib.ExitStack()
   done, summary, waited = set(), None, 0.0
   try:
     while True:
       if checkpointer is None and directory.is_dir():
         checkpointer = checkpoints.Checkpointer(workdir, read_only=True)
-      latest = checkpointer.latest_step() if checkpointer else None
-      if latest is not None and latest not in done:
+      steps = checkpointer.all_steps() if checkpointer else []
+      last = max(done) if done else -1
+      new = [s for s in steps if s > last]
+      if e.follow_newest_only:
+        new = new[-1:]
+      if new:
         if evaluator is None:
+          out_dir.mkdir(parents=True, exist_ok=True)
+          lock.enter_context(workdir_lock.WorkdirLock(
+              out_dir, lock_file='follow.lock', what='evaluated',
+              instead='pass another --output for this follower\'s results'))
           evaluator = Evaluator(config)
           writer = metric_writers.MetricWriter(
-              epath.Path(workdir) / 'eval',
-              just_logging=jax.process_index() > 0)
-        model, _ = checkpoints.restore_model(config, workdir, step=latest)
-        print(f'Evaluating step {latest} (checkpoint: '
-              f'{checkpointer.path(latest)})', flush=True)
-        summary = evaluator.evaluate(model, workdir=workdir, step=latest,
-                                     writer=writer)
-        done.add(latest)
+              out_dir, just_logging=jax.process_index() > 0)
+        for step in new:
+          try:
+            model, _ = checkpoints.restore_model(config, workdir, step=step)
+          except CheckpointError as error:
+            if step in checkpointer.all_steps():
+              raise
+            print(f'Step {step} was deleted (train.keep_checkpoints) before '
+                  f'it could be evaluated: {str(error)[:120]}', flush=True)
+            done.add(step)
+            continue
+          print(f'Evaluating step {step} (checkpoint: '
+                f'{checkpointer.path(step)})', flush=True)
+          summary = evaluator.evaluate(model, out_dir=str(out_dir),
+                                       step=step, writer=writer)
+          done.add(step)
         waited = 0.0
-        if latest >= final:
+        if max(done) >= final:
           return summary
       elif waited >= timeout:
         if summary is None:
@@ -339,10 +380,11 @@ def follow(config: ml_collections.ConfigDict, workdir: str, *,
         print(f'No new checkpoint for {timeout:.0f} s after step '
               f'{max(done)}; stopping.', flush=True)
         return summary
-      time.sleep(poll_seconds)
-      waited += poll_seconds
+      time.sleep(poll)
+      waited += poll
   finally:
     if writer is not None:
       writer.close()
     if checkpointer is not None:
       checkpointer.close()
+    lock.close()

@@ -29,7 +29,8 @@ os.environ.setdefault(
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from deeplab_jax.errors import DeepLabError
+from deeplab_jax.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_STOPPED,
+                                DeepLabError)
 # The export formats' names for --help (the registry is their one list).
 from deeplab_jax.export import EXPORT_FORMATS
 
@@ -55,7 +56,9 @@ flags.DEFINE_bool('recursive', False,
                   'predict: also segment the images in --images\' '
                   'subfolders, mirroring the tree in --output.')
 flags.DEFINE_string('output', None,
-                    'Where predict writes (default <workdir>/predictions).')
+                    'Where predict writes (default <workdir>/predictions), '
+                    'where eval writes its results (default <workdir>/eval), '
+                    'or the exported file.')
 flags.DEFINE_bool('follow', False,
                   'eval: evaluate each new checkpoint while training runs.')
 flags.DEFINE_string('coordinator_address', None,
@@ -72,38 +75,53 @@ flags.mark_flags_as_required(['config'])
 def run(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  # Imported here so that --help answers without loading JAX.
+  # Imported here so that --help answers without TFDS and the builders.
   from deeplab_jax import cli, compilation_cache, distributed  # pylint: disable=import-outside-toplevel
   from deeplab_jax.weights import pretrained  # pylint: disable=import-outside-toplevel
   compilation_cache.enable(pretrained.cache_dir())
   if FLAGS.distributed or FLAGS.coordinator_address:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id)
-  cli.run(FLAGS.config, mode=FLAGS.mode, workdir=FLAGS.workdir,
-          images=FLAGS.images, output=FLAGS.output, follow=FLAGS.follow,
-          recursive=FLAGS.recursive,
-          export_format=FLAGS.export_format)
+  result = cli.run(FLAGS.config, mode=FLAGS.mode, workdir=FLAGS.workdir,
+                   images=FLAGS.images, output=FLAGS.output,
+                   follow=FLAGS.follow, recursive=FLAGS.recursive,
+                   export_format=FLAGS.export_format)
+  if FLAGS.mode == 'train' and result.get('stopped'):
+    sys.exit(EXIT_STOPPED)  # Stopped early, resumable: not finished.
 
 
 def _fail(message: str) -> None:
   logging.flush()
   print(f'error: {message}', file=sys.stderr)
-  sys.exit(1)
+  sys.exit(EXIT_FAILED)
 
 
 def _resolve_config_flag(argv: list[str]) -> list[str]:
   """--config=NAME (a shipped config) -> --config=<its packaged path>."""
-  from deeplab_jax.config import resolve_config_path  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.config import check_config_file  # pylint: disable=g-import-not-at-top
   out = list(argv)
   try:
     for i, arg in enumerate(out):
       if arg.startswith('--config=') and not arg.startswith('--config.'):
-        out[i] = '--config=' + resolve_config_path(arg[len('--config='):])
+        out[i] = '--config=' + check_config_file(arg[len('--config='):])
       elif arg == '--config' and i + 1 < len(out):
-        out[i + 1] = resolve_config_path(out[i + 1])
+        out[i + 1] = check_config_file(out[i + 1])
   except DeepLabError as e:
     _fail(str(e))
   return out
+
+
+def _config_file_error(text: str) -> str | None:
+  """One line for a config file whose get_config() raised (ml_collections
+  wraps the traceback into its flag error): the file, its line and the
+  exception."""
+  if 'Error whilst parsing config file' not in text:
+    return None
+  lines = [l for l in text.splitlines() if l.strip()]
+  frames = [l.strip() for l in lines if l.strip().startswith('File "')]
+  where = frames[-1].split(', in ')[0] if frames else ''
+  return (f'{lines[0].split(":", 1)[0].replace("flag ", "")}: the config '
+          f'file raised {lines[-1].strip()} ({where}).')
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -124,7 +142,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     remaining = FLAGS(argv)
   except flags.Error as e:
-    _fail(f'{e}\nPass --helpfull to see the flags.')
+    _fail(_config_file_error(str(e)) or
+          f'{e}\nPass --helpfull to see the flags.')
   except Exception as e:  # pylint: disable=broad-except
     # ml_collections raises plain AttributeError/KeyError/TypeError for an
     # unknown or mistyped --config.<key>; name the key and the known ones.
@@ -159,7 +178,7 @@ def main(argv) -> None:
     # a second Ctrl-C: stop without a traceback.
     logging.flush()
     print('Interrupted.', file=sys.stderr)
-    sys.exit(130)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def console_main() -> None:

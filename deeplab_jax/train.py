@@ -10,7 +10,6 @@ device or eight.
 from __future__ import annotations
 
 import contextlib
-import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -23,10 +22,9 @@ import optax
 from absl import logging
 from etils import epath
 from flax import nnx
-from jax.experimental import multihost_utils
 
 from deeplab_jax import (checkpoints, distributed, evaluate, losses,
-                         metric_writers, optim, workdir_lock)
+                         metric_writers, optim, stopping, workdir_lock)
 from deeplab_jax.data import pipeline
 from deeplab_jax.data.datasets import class_names, dataset_spec
 from deeplab_jax.errors import CheckpointError, NonFiniteLossError
@@ -317,10 +315,16 @@ class Trainer:
     self._state = state
 
   def abstract_state(self) -> Any:
-    """The state's shapes and dtypes, without building it."""
+    """The state's shapes and dtypes, without building it, replicated over
+    this run's devices (a checkpoint written on others restores onto
+    them)."""
     if self._state is not None:
-      return jax.eval_shape(lambda: self._state)
-    return jax.eval_shape(self.build_initial_state)
+      shapes = jax.eval_shape(lambda: self._state)
+    else:
+      shapes = jax.eval_shape(self.build_initial_state)
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                       sharding=self.replicated), shapes)
 
   def place(self) -> None:
     """Puts the state on the devices, replicated."""
@@ -350,45 +354,6 @@ class Trainer:
     if output_stride and output_stride != self.config.model.output_stride:
       model = with_output_stride(model, self.config.model, output_stride)
     return model
-
-
-class _StopFlag:
-  """Set by SIGTERM (preemption) or Ctrl-C (SIGINT): the loop saves a
-  checkpoint and exits at the end of the step. A second Ctrl-C exits at
-  once (KeyboardInterrupt), as a user pressing it twice expects."""
-
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self):
-    self.raised: str | None = None
-    self._previous: dict[int, Any] = {}
-
-  def __enter__(self):
-    for signum in self.SIGNALS:
-      try:
-        self._previous[signum] = signal.signal(signum, self._handle)
-      except ValueError:  # Not the main thread (notebooks): no handler.
-        pass
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    if signum == signal.SIGINT and self.raised == 'Ctrl-C':
-      raise KeyboardInterrupt  # The second Ctrl-C.
-    self.raised = 'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'
-    if signum == signal.SIGINT:
-      print('\nCtrl-C: saving a checkpoint at the end of this step (press '
-            'again to quit without saving).', flush=True)
-
-  def __exit__(self, *exc):
-    for signum, previous in self._previous.items():
-      signal.signal(signum, previous)
-
-  def any_process(self) -> bool:
-    if jax.process_count() == 1:
-      return self.raised is not None
-    flags = multihost_utils.process_allgather(np.int32(self.raised is not None))
-    return bool(np.any(flags))
 
 
 def _check_finite(step: int, metrics: dict[str, jax.Array],
@@ -438,6 +403,38 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     return _train(config, workdir, stop_after)
 
 
+def _say_topology_change(written_on: dict[str, int] | None,
+                         data_restored: bool, step: int) -> str | None:
+  """One line when the checkpoint was written on other devices or
+  processes (the state is restored onto this run's devices either way)."""
+  here = checkpoints.topology()
+  if not written_on or all(written_on.get(k, v) == v
+                           for k, v in here.items()):
+    return None
+
+  def describe(t):
+    parts = []
+    if 'devices' in t:
+      parts.append(f'{t["devices"]} device{"s" * (t["devices"] != 1)}')
+    parts.append(f'{t["processes"]} process{"es" * (t["processes"] != 1)}')
+    return ', '.join(parts)
+
+  line = (f'The checkpoint of step {step} was written on '
+          f'{describe(written_on)}; this run has {describe(here)}: the '
+          'state is restored onto these devices')
+  if written_on.get('processes') != here['processes']:
+    line += ('; the data position cannot carry over to another process '
+             f'count, so training continues from step {step} with a new '
+             'data order.')
+  elif data_restored:
+    line += '; the data position carries over.'
+  else:
+    line += '.'
+  logging.warning('%s', line)
+  print(line, flush=True)
+  return line
+
+
 def _record_config(workdir: str, config: ml_collections.ConfigDict,
                    resumed_from: int | None) -> None:
   """config.json describes the checkpoints: written once the run has
@@ -484,12 +481,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       config, batch_size=local_batch_size, source=source))
 
   try:
-    state, latest, notes = checkpointer.restore_newest(
-        trainer.abstract_state(), data_iterator)
+    restored = checkpointer.restore_newest(trainer.abstract_state(),
+                                           data_iterator)
   except BaseException:
     checkpointer.close()
     raise
-  for note in notes:
+  state, latest = restored.state, restored.step
+  for note in restored.notes:
     logging.warning('%s', note)
     print(f'Skipping: {note}.', flush=True)
   if latest is not None:
@@ -498,6 +496,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
                  checkpointer.path(latest))
     print(f'Resuming from step {latest} (checkpoint: '
           f'{checkpointer.path(latest)})', flush=True)
+    _say_topology_change(restored.written_on, restored.data_restored, latest)
+    if not restored.data_restored:  # Said above: a new order from here.
+      distributed.close_iterator(data_iterator)
+      data_iterator = iter(pipeline.train_loader(
+          config, batch_size=local_batch_size, source=source,
+          seed=config.seed + latest))
   elif config.train.init_from:
     report = trainer.load_weights(config.train.init_from,
                                   config.train.init_from_scope)
@@ -534,7 +538,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   last_logged: dict[str, Any] = {'step': step}
   t = config.train
   try:
-    with _StopFlag() as stop:
+    with stopping.StopFlag() as stop:
       while step < num_steps:
         batch, data_state = next(prefetcher)
         trainer.state, metrics = trainer.train_step(trainer.state, batch)
@@ -546,24 +550,22 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         pending = (step, metrics)
         window.append(metrics)
         report_progress(step)
-        stopping = stop.any_process() or step == stop_after
-        if step % t.log_every_steps == 0 or step == num_steps or stopping:
+        should_stop = stop.any_process() or step == stop_after
+        if step % t.log_every_steps == 0 or step == num_steps or should_stop:
           _check_finite(step, metrics, checkpointer)
           last_logged.update(_write_train_metrics(writer, step, window))
           window = []
         if step % t.checkpoint_every_steps == 0 or step == num_steps or (
-            stopping):
+            should_stop):
           _check_finite(step, metrics, checkpointer)
           checkpointer.save(step, trainer.state, data_state)
-        if stopping:
+        if should_stop:
           checkpointer.wait()
           why = (stop.raised or 'another process') if step != stop_after \
               else 'stop_after'
-          message = (f'Stopped by {why} at step {step}; saved checkpoint '
-                     f'{checkpointer.path(step)}. Run the same command to '
-                     'resume.')
-          logging.warning(message)
-          print(message, flush=True)
+          last_logged['stopped'] = why
+          logging.warning('Stopped by %s at step %d; saved checkpoint %s.',
+                          why, step, checkpointer.path(step))
           break
         if evaluator is not None and step % t.eval_every_steps == 0:
           summary = evaluator.evaluate(
@@ -571,13 +573,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
               workdir=workdir, step=step, writer=writer)
           last_logged['eval'] = {k: summary[k] for k in
                                  ('miou', 'pixel_accuracy', 'images', 'step')}
+    if jax.process_index() == 0 and step > int(latest or 0):
+      checkpointer.verify(step)  # Success only with a usable last step.
   finally:
     # Every exit path (an error included) closes what it opened, so a
     # failure prints its one message and nothing else.
     prefetcher.close()
     writer.close()
     checkpointer.close()
-  last_logged['final_step'] = step
+  last_logged.update(final_step=step, num_steps=num_steps)
   return last_logged
 
 

@@ -1,4 +1,5 @@
-"""One trainer per workdir: an exclusive lock on `<workdir>/train.lock`.
+"""One trainer per workdir (an exclusive lock on `<workdir>/train.lock`),
+one --follow evaluator per results folder (`follow.lock`).
 
 The lock is an `fcntl.flock` on the file, which the operating system drops
 when the process ends however it ends (kill -9 included), so a stale lock
@@ -30,15 +31,19 @@ def _holder(fd: int, wait_seconds: float = 1.0) -> str:
 
 
 class WorkdirLock:
-  """`with WorkdirLock(workdir):` holds the workdir for one training run.
+  """`with WorkdirLock(workdir):` holds the workdir for one training run
+  (or, with another `lock_file`, a folder for another kind of run).
 
   Raises:
     CheckpointError: another process holds it (naming host and pid), or
       the workdir cannot be written.
   """
 
-  def __init__(self, workdir: str | os.PathLike):
-    self.path = os.path.join(os.fspath(workdir), LOCK_FILE)
+  def __init__(self, workdir: str | os.PathLike, *,
+               lock_file: str = LOCK_FILE, what: str = 'trained',
+               instead: str = 'train in another --workdir'):
+    self.path = os.path.join(os.fspath(workdir), lock_file)
+    self.what, self.instead = what, instead
     self._fd: int | None = None
 
   def __enter__(self) -> 'WorkdirLock':
@@ -54,9 +59,9 @@ class WorkdirLock:
       holder = _holder(fd)
       os.close(fd)
       raise CheckpointError(
-          f'{os.path.dirname(self.path)} is being trained by another run '
+          f'{os.path.dirname(self.path)} is being {self.what} by another run '
           f'({holder or "unknown process"}). Wait for it to finish or stop '
-          'it, or train in another --workdir.') from None
+          f'it, or {self.instead}.') from None
     os.ftruncate(fd, 0)
     os.write(fd, (f'host {socket.gethostname()}, pid {os.getpid()}, since '
                   f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n').encode())

@@ -51,10 +51,10 @@ def test_every_scalar_key_has_a_validation_rule():
                'model.head.image_pooling', 'model.head.dropout_on_concat',
                'model.head.dropout_on_projection', 'data.data_dir',
                'data.manual_dir', 'data.train_split', 'data.eval_split',
-               'data.random_flip', 'train.regularize_depthwise',
+               'data.random_flip', 'data.reprepare', 'train.regularize_depthwise',
                'train.freeze_batch_norm', 'train.init_from',
                'data.folder', 'train.freeze_backbone',
-               'eval.flip',
+               'eval.flip', 'eval.follow_newest_only',
                'export.include_preprocessing', 'export.calibration_split',
                'eval.model_file'}  # Booleans and paths.
   missing = set(_leaf_keys(default_config())) - ruled - unchecked

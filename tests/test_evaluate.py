@@ -19,7 +19,7 @@ from deeplab_jax.weights import tree
 from deeplab_jax.models import create_model
 from deeplab_jax.weights import pretrained
 from deeplab_jax.data import voc
-from deeplab_jax.errors import CheckpointError
+from deeplab_jax.errors import CheckpointError, ConfigError
 from deeplab_jax.models import backbones
 from tests.conftest import voc_train_config
 from tests.helpers.toy_backbone import ToyBackbone
@@ -207,6 +207,60 @@ def test_follow_evaluates_each_new_checkpoint_with_one_compile(voc_run,
       'confusion_matrix']
   assert _metrics(follower_dir, 15)['confusion_matrix'] == _metrics(
       workdir, 15)['confusion_matrix']
+
+
+def test_follow_evaluates_every_checkpoint_in_order_and_alone(
+    voc_run, tmp_path, capsys):
+  """Steps 15 and 30 both on disk at the first look: both are evaluated,
+  in order (only 30 with follow_newest_only); a second follower of the
+  same results folder is told, not run; metrics files appear whole."""
+  from deeplab_jax.workdir_lock import WorkdirLock  # pylint: disable=g-import-not-at-top
+  config, workdir, _ = voc_run
+  config = config.copy_and_resolve_references()
+  config.eval.num_result_images = 0
+  follower_dir = tmp_path / 'follow'
+  shutil.copytree(workdir / 'checkpoints', follower_dir / 'checkpoints')
+  summary = evaluate.follow(config, str(follower_dir), poll_seconds=0.1,
+                            timeout_seconds=30)
+  out = capsys.readouterr().out
+  assert summary['step'] == 30
+  assert out.index('Evaluating step 15') < out.index('Evaluating step 30')
+  assert _metrics(follower_dir, 15)['confusion_matrix'] == _metrics(
+      workdir, 15)['confusion_matrix']
+  assert not [p.name for p in (follower_dir / 'eval').iterdir()
+              if p.name.endswith('.tmp')]
+  config.eval.follow_newest_only = True
+  newest = tmp_path / 'newest'
+  evaluate.follow(config, str(follower_dir), poll_seconds=0.1,
+                  timeout_seconds=30, out_dir=str(newest))
+  assert sorted(p.name for p in newest.glob('metrics_*.json')) == [
+      'metrics_30.json']
+  with WorkdirLock(newest, lock_file='follow.lock', what='evaluated'):
+    with pytest.raises(CheckpointError, match='is being evaluated by another '
+                       r'run \(host .*pass another --output'):
+      evaluate.follow(config, str(follower_dir), poll_seconds=0.1,
+                      timeout_seconds=30, out_dir=str(newest))
+
+
+def test_eval_of_a_run_it_cannot_write_to_takes_an_output_folder(
+    voc_run, tmp_path):
+  config, workdir, _ = voc_run
+  config = config.copy_and_resolve_references()
+  config.eval.num_result_images = 1
+  run = tmp_path / 'someone_elses'
+  shutil.copytree(workdir / 'checkpoints', run / 'checkpoints')
+  (run / 'eval').write_text('not a folder: results cannot go here')
+  with pytest.raises(ConfigError, match=r'Cannot write to .*someone_elses/'
+                     r'eval .*pass a writable --output=DIR for the results '
+                     r'\(the checkpoints are only read\)'):
+    cli.run(config, mode='eval', workdir=str(run))
+  results = tmp_path / 'results'
+  summary = cli.run(config, mode='eval', workdir=str(run),
+                    output=str(results))
+  written = json.loads((results / 'metrics.json').read_text())
+  assert written['miou'] == summary['miou'] and written['step'] == 30
+  assert len(list((results / 'images').glob('*.png'))) == 1
+  assert sorted(p.name for p in run.iterdir()) == ['checkpoints', 'eval']
 
 
 def test_one_evaluator_scores_new_weights_without_compiling(voc_run):

@@ -12,10 +12,13 @@ grain, with no TensorFlow at read time.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 import sys
 from typing import Any
@@ -25,6 +28,7 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags
+from array_record.python import array_record_module
 from etils import epath
 
 from deeplab_jax.data import augment
@@ -47,8 +51,35 @@ def _dataset_error_in_chain(error: BaseException) -> DatasetError | None:
   return None
 
 
+def reprepare_hint(data_config: Any) -> str:
+  """How to prepare a dataset again, for messages."""
+  return (f'prepare {data_config.dataset} again: add '
+          '--config.data.reprepare=True to the command (or run it with '
+          '--mode=prepare --config.data.reprepare=True first)')
+
+
+@contextlib.contextmanager
+def _preparing(builder: tfds.core.DatasetBuilder):
+  """One preparation of a dataset at a time (an flock beside its
+  versions), so that the leftovers of a killed one, TFDS's `incomplete.*`
+  folders, can be removed safely."""
+  root = epath.Path(builder.data_dir).parent  # <data_dir>/<name>/<config>.
+  root.mkdir(parents=True, exist_ok=True)
+  with open(root / '.prepare.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    stale = [p for p in root.iterdir() if p.name.startswith('incomplete.')]
+    for path in stale:
+      shutil.rmtree(path, ignore_errors=True)
+    if stale:
+      print(f'Removed {len(stale)} unfinished preparation(s) of '
+            f'{builder.name} left by a stopped run: '
+            f'{", ".join(p.name for p in stale)}.', flush=True)
+    yield
+
+
 def prepare_dataset(data_config: Any) -> tfds.core.DatasetBuilder:
-  """Builds the dataset's array_record files unless they already exist.
+  """Builds the dataset's array_record files unless they already exist
+  (`data_config.reprepare`: builds them again).
 
   VOC comes from `data_config.manual_dir` (tars or extracted folders) or is
   downloaded; the demo dataset is generated.
@@ -61,10 +92,26 @@ def prepare_dataset(data_config: Any) -> tfds.core.DatasetBuilder:
   check_manual_dir(spec, manual_dir)
   builder = tfds.builder(spec.tfds_name, data_dir=data_config.data_dir,
                          file_format='array_record', **spec.builder_kwargs)
-  if spec.builder_kwargs and not builder.is_prepared():
+  if data_config.reprepare and builder.is_prepared():
+    print(f'config.data.reprepare: removing {builder.data_dir} to prepare '
+          f'{data_config.dataset} again.', flush=True)
+    shutil.rmtree(builder.data_dir)
+    builder = tfds.builder(spec.tfds_name, data_dir=data_config.data_dir,
+                           file_format='array_record', **spec.builder_kwargs)
+  if builder.is_prepared():
+    return builder
+  if spec.builder_kwargs:
     _say_if_changed(builder)
-  if not manual_dir and spec.downloads and not builder.is_prepared():
+  if not manual_dir and spec.downloads:
     check_download_hosts(spec, data_config.dataset)
+  with _preparing(builder):
+    _download_and_prepare(builder, data_config, manual_dir)
+  return builder
+
+
+def _download_and_prepare(builder, data_config: Any, manual_dir) -> None:
+  if builder.is_prepared():  # Another process prepared it meanwhile.
+    return
   try:
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(
@@ -82,7 +129,6 @@ def prepare_dataset(data_config: Any) -> tfds.core.DatasetBuilder:
           f'{"folder" if data_config.dataset == "folder" else "manual_dir"}.'
       ) from None
     raise
-  return builder
 
 
 def _say_if_changed(builder: tfds.core.DatasetBuilder) -> None:
@@ -101,15 +147,74 @@ def _say_if_changed(builder: tfds.core.DatasetBuilder) -> None:
           f'preparing it again as {name}.', flush=True)
 
 
+def check_prepared(builder: tfds.core.DatasetBuilder, data_config: Any,
+                   split: str) -> None:
+  """DatasetError naming the file when a prepared array_record file of
+  `split` holds fewer records than TFDS wrote (truncated, damaged), and
+  how to prepare it again. Reads each file's index only."""
+  for name in split.split('+'):
+    info = builder.info.splits[name.split('[')[0]]
+    for path, length in zip(info.filepaths, info.shard_lengths):
+      try:
+        reader = array_record_module.ArrayRecordReader(os.fspath(path))
+        found = reader.num_records()
+        reader.close()
+        problem = None if found == length else (
+            f'{found} of its {length} records readable')
+      except (OSError, RuntimeError, ValueError) as e:
+        problem = f'{type(e).__name__}: {str(e)[:200]}'
+      if problem:
+        raise DatasetError(f'The prepared file {path} is damaged ({problem}):'
+                           f' {reprepare_hint(data_config)}.')
+
+
+class CheckedSource:
+  """A data source whose unreadable record stops with a DatasetError that
+  names the split's files and how to prepare them again (array_record's
+  own error names neither)."""
+
+  def __init__(self, source: Any, files: list[str], hint: str):
+    self._source, self._files, self._hint = source, files, hint
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __repr__(self) -> str:
+    # grain keeps the source's repr in the data iterator's checkpoint and
+    # checks it on restore: it must not change between runs.
+    return repr(self._source)
+
+  def _error(self, error: Exception) -> DatasetError:
+    return DatasetError(
+        f'A prepared file of this split is damaged ({type(error).__name__}: '
+        f'{str(error).splitlines()[0][:160]}; files: '
+        f'{", ".join(self._files)}): {self._hint}.')
+
+  def __getitem__(self, index):
+    try:
+      return self._source[index]
+    except (RuntimeError, OSError) as e:
+      raise self._error(e) from None
+
+  def __getitems__(self, indices):
+    try:
+      return self._source.__getitems__(indices)
+    except (RuntimeError, OSError) as e:
+      raise self._error(e) from None
+
+
 def data_source(data_config: Any, split: str):
-  """Random-access source of raw examples (encoded image and mask bytes)."""
+  """Random-access source of raw examples (encoded image and mask bytes);
+  a damaged prepared file is one DatasetError (`check_prepared`,
+  `CheckedSource`)."""
   builder = prepare_dataset(data_config)
   for name in split.split('+'):  # TFDS split expressions: 'train+validation'.
     if name.split('[')[0] not in builder.info.splits:
       raise DatasetError(
           f'{data_config.dataset} has no split {name!r}; it has '
           f'{", ".join(builder.info.splits)}.')
-  return tfds.data_source(
+  check_prepared(builder, data_config, split)
+  source = tfds.data_source(
       dataset_spec(data_config).tfds_name, split=split,
       data_dir=data_config.data_dir, download=False,
       builder_kwargs=dataset_spec(data_config).builder_kwargs or None,
@@ -117,6 +222,9 @@ def data_source(data_config: Any, split: str):
           'image': tfds.decode.SkipDecoding(),
           'segmentation_mask': tfds.decode.SkipDecoding()
       })
+  files = [os.fspath(p) for name in split.split('+')
+           for p in builder.info.splits[name.split('[')[0]].filepaths]
+  return CheckedSource(source, files, reprepare_hint(data_config))
 
 
 def inverse_frequency_weights(data_config: Any, source: Any,
@@ -158,19 +266,24 @@ _ARMED_PID: int | None = None
 
 
 def die_with_parent() -> None:
-  """In a grain worker process: ask Linux to kill it when its parent dies.
+  """In a grain worker process: leave Ctrl-C to the parent, and ask Linux
+  to kill the worker when its parent dies.
 
-  A training run killed with SIGKILL cannot stop its workers itself; without
-  this they outlived it (holding memory and shared-memory segments). Called
-  from the transforms, so it runs once in each worker; a no-op in the main
-  process and off Linux.
+  Ctrl-C reaches every process of the terminal's group: the workers printed
+  KeyboardInterrupt tracebacks while the parent saved its checkpoint; the
+  parent stops them. A training run killed with SIGKILL cannot stop its
+  workers itself; without this they outlived it (holding memory and
+  shared-memory segments). Called from the transforms, so it runs once in
+  each worker; a no-op in the main process.
   """
   global _ARMED_PID
   if _ARMED_PID == os.getpid():
     return
   _ARMED_PID = os.getpid()
-  if (not sys.platform.startswith('linux') or
-      multiprocessing.parent_process() is None):
+  if multiprocessing.parent_process() is None:
+    return
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  if not sys.platform.startswith('linux'):
     return
   pr_set_pdeathsig = 1
   libc = ctypes.CDLL(None, use_errno=True)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from deeplab_jax import cli, export
 from deeplab_jax.errors import ConfigError
-from deeplab_jax.models import inference_view
+from deeplab_jax.models import backbones, inference_view
 from deeplab_jax.weights import pretrained
 
 FLOAT = 'deeplabv3_257_mv_gpu.tflite'
@@ -118,6 +118,32 @@ def test_export_mode_writes_once_and_names_bad_formats(official, tmp_path,
                      "'stablehlo', 'saved_model'"):
     cli.run(config, mode='export', workdir=str(tmp_path),
             export_format='pt')
+
+
+def test_int8_calibration_takes_training_images_not_the_scored_ones(
+    official, voc_prepared):
+  """The int8 report scores the eval split: calibration reads
+  export.calibration_split (train), unaugmented and fitted to the input."""
+  from deeplab_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.export import tflite  # pylint: disable=g-import-not-at-top
+  data_config, _ = voc_prepared
+  config = official[0].copy_and_resolve_references()
+  config.data.data_dir = data_config.data.data_dir
+  config.data.num_workers = 0
+  config.export.calibration_images = 3
+  images = tflite.calibration_images(config)
+  assert len(images) == 3 and images[0].shape == (1, 257, 257, 3)
+  train = pipeline.data_source(config.data, 'train')
+  names = [train[i]['file_name'] for i in range(3)]
+  assert config.export.calibration_split == 'train'
+  c = config.copy_and_resolve_references()
+  c.eval.input_scale, c.eval.mode, c.eval.crop_size = 'fit', 'whole', 257
+  first = next(iter(pipeline.eval_loader(c, split='train')))
+  assert first['file_name'] in [n.decode() if isinstance(n, bytes) else n
+                                for n in names]
+  np.testing.assert_array_equal(
+      images[0][0], backbones.preprocessing(c.model).denormalize(
+          first['image']))
 
 
 def test_exported_files_are_evaluated_by_the_eval_code(official, voc_prepared,
