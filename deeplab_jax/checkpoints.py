@@ -239,6 +239,16 @@ class Checkpointer:
       return restored['state'], False
     return restored['state'], True
 
+  def has_ema(self, step: int) -> bool:
+    """Whether `step` holds an exponential moving average of the weights
+    (`train.ema_decay`)."""
+    try:
+      stored = ocp.PyTreeCheckpointer().metadata(
+          self.path(step) / 'state').item_metadata.tree
+    except Exception:  # pylint: disable=broad-except
+      return False
+    return bool(stored.get('ema')) if isinstance(stored, dict) else False
+
   def verify(self, step: int) -> None:
     """CheckpointError unless `step` is saved and complete: a run reports
     success only with its newest checkpoint usable."""
@@ -390,8 +400,16 @@ def restore_model(config: Any, workdir: str | os.PathLike, *,
                                               nnx.BatchStat)
     for index, step in enumerate(steps):
       try:
+        use_ema = (config.eval.weights == 'ema' and
+                   checkpointer.has_ema(step))
+        wanted = {'params': params, 'batch_stats': batch_stats}
         restored = checkpointer.restore_weights(
-            step, {'params': params, 'batch_stats': batch_stats})
+            step, {'ema': wanted} if use_ema else wanted)
+        if use_ema:
+          restored = restored['ema']
+          print(f'Using the EMA weights of step {step} '
+                '(config.eval.weights=ema; the raw ones: '
+                '--config.eval.weights=raw).', flush=True)
         break
       except CheckpointError as e:
         if not getattr(e, 'damaged', False) or index + 1 == len(steps):

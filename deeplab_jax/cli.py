@@ -223,10 +223,15 @@ def run(config: Any, *, mode: str, workdir: str | None = None,
               f'min; checkpoints in {workdir}/checkpoints.')
     if 'eval' in result:
       e = result['eval']
-      line += (f' Eval at step {e["step"]}: mIoU {e["miou"]:.4f}, pixel '
-               f'accuracy {e["pixel_accuracy"]:.4f} on {e["images"]} images '
-               f'({workdir}/eval/metrics.json, images in {workdir}/eval/'
-               'images).')
+      others = ''.join(
+          f'; the {v["weights"]} weights: mIoU {v["miou"]:.4f} in '
+          f'{workdir}/eval/{v["weights"]}' for k, v in result.items()
+          if k.startswith('eval_'))
+      which = f' ({e["weights"]} weights)' if others else ''
+      line += (f' Eval at step {e["step"]}{which}: mIoU {e["miou"]:.4f}, '
+               f'pixel accuracy {e["pixel_accuracy"]:.4f} on {e["images"]} '
+               f'images ({workdir}/eval/metrics.json, images in '
+               f'{workdir}/eval/images){others}.')
     print(line, flush=True)
     return result
   if mode == 'eval':

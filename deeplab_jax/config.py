@@ -27,7 +27,7 @@ from ml_collections import config_dict
 from deeplab_jax.config_checks import (CHECKS, Check, choice, class_weights,
                                        fail, input_scale, int_tuple, integer,
                                        num_classes, one_of, optional, ranged,
-                                       registered, scales,
+                                       registered, registered_list, scales,
                                        validate_dpc_branches)
 from deeplab_jax.data.datasets import DATASETS
 from deeplab_jax.data.folder_builder import MASK_FORMATS
@@ -40,6 +40,8 @@ from deeplab_jax.models.decoder import DECODERS
 from deeplab_jax.models.deeplab import DTYPES
 from deeplab_jax.models.heads import HEADS
 from deeplab_jax.ops.depthwise import CONV_IMPLEMENTATIONS
+from deeplab_jax.losses import LOSSES, as_terms
+from deeplab_jax.metric_writers import WRITERS
 from deeplab_jax.optim import LR_SCHEDULES, OPTIMIZERS
 
 OUTPUT_STRIDES = (8, 16, 32)
@@ -177,8 +179,23 @@ def default_config() -> ml_collections.ConfigDict:
   # TFLite exports, whose backbone loses its features when trained);
   # True / False force it, with a warning when False is risky.
   t.freeze_backbone = config_dict.placeholder(bool)
-  t.top_k_percent_pixels = 1.0  # < 1: hard-pixel mining.
+  # The loss: (name, weight) terms of deeplab_jax.losses.LOSSES, summed
+  # (cross_entropy, focal, dice, lovasz_softmax), each logged.
+  t.loss = (('cross_entropy', 1.0),)
+  t.top_k_percent_pixels = 1.0  # cross_entropy: < 1, hard-pixel mining.
   t.hard_example_mining_step = 0  # Steps over which top-k anneals from 1.
+  t.focal_gamma = 2.0  # focal: (1 - p_t) ** gamma.
+  t.dice_smooth = 1.0  # dice: added to its numerator and denominator.
+  t.lovasz_per_image = False  # lovasz_softmax: per image, else per batch.
+  # Each optimizer step runs the global batch as this many micro-batches
+  # (gradients summed inside the jitted step: less memory, the same step).
+  t.accumulate_steps = 1
+  # An exponential moving average of the weights (and BatchNorm
+  # statistics) kept beside them, e.g. 0.9999; 0: none.
+  t.ema_decay = 0.0
+  # Metric backends: names of deeplab_jax.metric_writers.WRITERS
+  # ('tensorboard', 'wandb').
+  t.writers = ('tensorboard',)
   # BatchNorm in training: None (automatic) freezes it (moving statistics,
   # fixed scale and offset... the reference's fine_tune_batch_norm=False)
   # when the per-device batch is below batch_norm_min_batch, or when
@@ -231,6 +248,9 @@ def default_config() -> ml_collections.ConfigDict:
   # Larger images are skipped with a message (PIL's decompression bomb
   # guard is 89 million pixels).
   e.max_image_pixels = 89_478_485
+  # Which weights eval, predict and export use when a checkpoint has both:
+  # 'ema' (the moving average, train.ema_decay) or 'raw'.
+  e.weights = 'ema'
   # --follow stops after this many seconds without a new checkpoint; it
   # looks every follow_poll_seconds and evaluates every checkpoint in order
   # (only the newest new one with follow_newest_only).
@@ -258,6 +278,19 @@ def default_config() -> ml_collections.ConfigDict:
   x.calibration_images = 100
   x.calibration_split = 'train'
   return c
+
+
+def loss_terms(key: str, value: Any, config: Any) -> None:
+  """config.train.loss: a non-empty list of (name, weight >= 0) with
+  registered names and a positive weight somewhere."""
+  del config
+  terms = as_terms(value)
+  if (terms is None or any(weight < 0 for _, weight in terms) or
+      not any(weight > 0 for _, weight in terms)):
+    raise fail(key, value, "use (name, weight) terms with weights >= 0, "
+               "not all 0, e.g. (('cross_entropy', 1.0), ('dice', 0.5))")
+  for name, _ in terms:
+    one_of(f'{key} term', name, LOSSES.names())
 
 
 _INF = float('inf')
@@ -316,7 +349,13 @@ RULES: tuple[tuple[str, Check], ...] = (
     ('train.bias_lr_multiplier', ranged(0.0, 1000.0)),
     ('train.batch_norm_min_batch', integer(1)),
     ('train.class_weights', class_weights),
+    ('train.loss', loss_terms),
     ('train.top_k_percent_pixels', ranged(0.0, 1.0, lo_open=True)),
+    ('train.focal_gamma', ranged(0.0, 10.0)),
+    ('train.dice_smooth', ranged(0.0, 1e6)),
+    ('train.accumulate_steps', integer()),
+    ('train.ema_decay', ranged(0.0, 1.0, hi_open=True)),
+    ('train.writers', registered_list(WRITERS.names)),
     ('train.hard_example_mining_step', integer(0)),
     ('train.log_every_steps', integer()),
     ('train.checkpoint_every_steps', integer()),
@@ -338,6 +377,7 @@ RULES: tuple[tuple[str, Check], ...] = (
     ('eval.num_result_images', integer(0)),
     ('eval.max_images', optional(integer())),
     ('eval.max_image_pixels', integer()),
+    ('eval.weights', choice(('ema', 'raw'))),
     ('eval.follow_timeout', ranged(0.0, 1e9)),
     ('eval.follow_poll_seconds', ranged(0.0, 1e6, lo_open=True)),
     ('eval.runtime', registered(runtime_names)),

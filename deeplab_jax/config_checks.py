@@ -68,6 +68,18 @@ def registered(names: Callable[[], Sequence[str]]) -> Check:
   return lambda key, value, config: one_of(key, value, tuple(names()))
 
 
+def registered_list(names: Callable[[], Sequence[str]]) -> Check:
+  """A non-empty list or tuple of registered names."""
+  def check(key, value, config):
+    del config
+    if not isinstance(value, (list, tuple)) or not value:
+      raise fail(key, value, 'use a non-empty list of '
+                 + ', '.join(map(repr, names())))
+    for name in value:
+      one_of(key, name, tuple(names()))
+  return check
+
+
 def integer(minimum: int = 1) -> Check:
   return lambda key, value, config: positive_int(key, value, minimum)
 

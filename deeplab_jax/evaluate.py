@@ -123,7 +123,8 @@ class Evaluator:
   def evaluate(self, weights: Any, *, workdir: str | None = None,
                step: int | None = None, writer: Any | None = None,
                split: str | None = None, source=None,
-               out_dir: str | None = None) -> dict[str, Any]:
+               out_dir: str | None = None, tag: str = 'eval'
+               ) -> dict[str, Any]:
     """Evaluates `weights` on the eval split.
 
     Args:
@@ -132,6 +133,7 @@ class Evaluator:
       workdir: metrics.json, the confusion matrix and result images go to
         <workdir>/eval/ (None: nothing is written)...
       out_dir: ... or to this folder instead (eval of a read-only run).
+      tag: the TensorBoard scalars' prefix.
       step: the training step, for the record and TensorBoard.
       writer: a metric_writers.MetricWriter for TensorBoard (optional).
       split, source: another split, or a random-access source (tests).
@@ -156,6 +158,7 @@ class Evaluator:
                  summary['compile_seconds'])
     out_dir = epath.Path(out_dir) if out_dir else None
     if out_dir is not None and jax.process_index() == 0:
+      out_dir.mkdir(parents=True, exist_ok=True)
       text = json.dumps(summary, indent=2)
       write_atomically(out_dir / 'metrics.json', text)
       if step is not None:
@@ -164,9 +167,9 @@ class Evaluator:
           np.asarray(summary['confusion_matrix']), self.class_names).savefig(
               str(out_dir / 'confusion_matrix.png'), dpi=100)
     if writer is not None and step is not None:
-      scalars = {'eval/miou': summary['miou'],
-                 'eval/pixel_accuracy': summary['pixel_accuracy']}
-      scalars.update({f'eval/iou/{name}': value
+      scalars = {f'{tag}/miou': summary['miou'],
+                 f'{tag}/pixel_accuracy': summary['pixel_accuracy']}
+      scalars.update({f'{tag}/iou/{name}': value
                       for name, value in summary['per_class_iou'].items()
                       if value is not None})
       writer.write_scalars(step, scalars)

@@ -10,6 +10,7 @@ device or eight.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -27,19 +28,23 @@ from deeplab_jax import (checkpoints, distributed, evaluate, losses,
                          metric_writers, optim, stopping, workdir_lock)
 from deeplab_jax.data import pipeline
 from deeplab_jax.data.datasets import class_names, dataset_spec
-from deeplab_jax.errors import CheckpointError, NonFiniteLossError
+from deeplab_jax.errors import (CheckpointError, ConfigError,
+                                NonFiniteLossError)
 from deeplab_jax.models import create_model, with_output_stride
 from deeplab_jax.weights import pretrained, tree
 
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything a resumed run needs besides the data iterator."""
+  """Everything a resumed run needs besides the data iterator; `ema` is
+  {'params', 'batch_stats'} averaged over the steps (`train.ema_decay`),
+  or None."""
   step: jax.Array
   params: nnx.State
   batch_stats: nnx.State
   opt_state: Any
   rng: jax.Array
+  ema: Any = None
 
 
 # ------------------------------------------------------------ train step
@@ -57,26 +62,39 @@ def batch_norm_policy(config: ml_collections.ConfigDict, devices: int
   config alone, so a resumed run decides the same way.
   """
   t = config.train
-  per_device = t.batch_size // max(devices, 1)
+  # With accumulation BatchNorm sees one micro-batch at a time.
+  per_device = t.batch_size // max(devices, 1) // t.accumulate_steps
   small = per_device < t.batch_norm_min_batch
   folded = pretrained.has_folded_batch_norm(t.init_from)
+  where = ('per device' if t.accumulate_steps == 1 else
+           f'per device in each of {t.accumulate_steps} micro-batches')
   risks = []
   if small:
-    risks.append(f'{per_device} image(s) per device is below '
+    risks.append(f'{per_device} image(s) {where} is below '
                  f'config.train.batch_norm_min_batch = '
                  f'{t.batch_norm_min_batch}, too few for stable batch '
                  'statistics')
   if folded:
     risks.append(f'{t.init_from} has BatchNorm folded into its convolutions,'
                  ' which batch statistics would undo')
+  # Frozen from random weights, BatchNorm keeps its initial statistics
+  # (mean 0, variance 1): the demo, so frozen, reached mIoU 0.18, not 0.82.
+  fix = ('--config.train.freeze_batch_norm=False' if t.freeze_batch_norm
+         else f'--config.train.batch_norm_min_batch={max(per_device, 1)}')
+  from_scratch = None if t.init_from else (
+      'BatchNorm is frozen but the model starts from random weights '
+      '(config.train.init_from is unset): it keeps its initial statistics '
+      f'and training is unlikely to converge. Train it with {fix}, or start '
+      'from pretrained weights.')
   if t.freeze_batch_norm is None:
     if risks:
       return True, 'BatchNorm frozen (moving statistics): ' + '; '.join(
-          risks) + '.', None
+          risks) + '.', from_scratch
     return False, (f'BatchNorm trains on batch statistics ({per_device} '
-                   'images per device).'), None
+                   f'images {where}).'), None
   if t.freeze_batch_norm:
-    return True, 'BatchNorm frozen (config.train.freeze_batch_norm=True).', None
+    return (True, 'BatchNorm frozen (config.train.freeze_batch_norm=True).',
+            from_scratch)
   warning = None
   if risks:
     warning = ('config.train.freeze_batch_norm=False trains BatchNorm on '
@@ -123,74 +141,130 @@ def backbone_policy(config: ml_collections.ConfigDict
   return False, None, None
 
 
+def micro_batches(batch: dict[str, jax.Array], count: int, devices: int
+                  ) -> dict[str, jax.Array]:
+  """[B, ...] arrays -> [count, B / count, ...], each micro-batch taking
+  its share of every device's block of the batch (sharded over `devices`),
+  so that no image moves between devices."""
+  def split(x):
+    per_device = x.shape[0] // devices
+    # Device d holds rows [d * per_device, (d + 1) * per_device): micro-
+    # batch i takes rows i * per_device / count of each device's block.
+    x = x.reshape((devices, count, per_device // count) + x.shape[1:])
+    x = jnp.swapaxes(x, 0, 1)
+    return x.reshape((count, devices * (per_device // count)) + x.shape[3:])
+  return {k: split(v) for k, v in batch.items()}
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict,
                     masks: optim.ParameterMasks,
                     schedule: optax.Schedule,
                     freeze_batch_norm: bool,
                     class_weights: np.ndarray | None = None, *,
-                    freeze_backbone: bool) -> Callable:
+                    freeze_backbone: bool, devices: int = 1) -> Callable:
   """The (unjitted) train step: (state, batch) -> (state, metrics).
 
-  The L2 term and the bias multiplier live in `tx` (masked transforms);
-  the L2 loss is computed here only to report it (and for the plateau).
+  The loss is `train.loss`'s weighted terms (deeplab_jax/losses/). With
+  `train.accumulate_steps` = k > 1 the batch runs as k micro-batches in a
+  `lax.scan` inside the step, gradients summed: one optimizer step, the
+  schedule, the data position and checkpoints counting it as one (a scan,
+  not optax.MultiSteps, which would make every micro-batch a step of its
+  own: another data position, schedule and checkpoint count). Pixel-mean
+  terms divide by the whole batch's labelled pixels, so k micro-batches
+  take exactly the full batch's step when BatchNorm is frozen; trained
+  BatchNorm normalises each micro-batch by its own statistics and updates
+  its moving averages once per micro-batch. The L2 term and the bias
+  multiplier live in `tx` (masked transforms); the L2 loss is computed here
+  only to report it (and for the plateau).
   """
   t = config.train
   ignore_label = dataset_spec(config.data).ignore_label
+  terms = losses.terms_of(t.loss)
+  count = t.accumulate_steps
+  num_classes = config.model.num_classes
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
+    context = losses.LossContext(ignore_label, num_classes, class_weights,
+                                 state.step, t)
     labels = batch['label'].astype(jnp.int32)
-    dropout_key = jax.random.fold_in(state.rng, state.step)
+    step_key = jax.random.fold_in(state.rng, state.step)
 
-    def loss_fn(params):
-      # The L2 term is in the optimizer (its gradient, masked): outside the
-      # differentiated loss, it is reported and drives the plateau.
-      if freeze_backbone:
-        params = _stop_backbone_gradients(params, masks.backbone)
-      model = nnx.merge(graphdef, params, state.batch_stats, copy=True)
-      if freeze_batch_norm:
-        model = nnx.view(model, use_running_average=True)
-      elif freeze_backbone:  # Its statistics fixed too.
-        model.backbone = nnx.view(model.backbone, use_running_average=True)
-      logits = model(batch['image'], rngs=nnx.Rngs(dropout=dropout_key))
-      cross_entropy = losses.softmax_cross_entropy(
-          logits, labels, ignore_label=ignore_label,
-          top_k_percent_pixels=t.top_k_percent_pixels,
-          hard_example_mining_step=t.hard_example_mining_step,
-          step=state.step, class_weights=class_weights)
-      new_stats = nnx.state(model, nnx.BatchStat)
-      return cross_entropy, (logits, new_stats)
+    def micro_step(stats, micro, index):
+      images, micro_labels = micro['image'], micro['label'].astype(jnp.int32)
 
-    (cross_entropy, (logits, new_stats)), grads = (
-        jax.value_and_grad(loss_fn, has_aux=True)(state.params))
+      def loss_fn(params):
+        if freeze_backbone:
+          params = _stop_backbone_gradients(params, masks.backbone)
+        model = nnx.merge(graphdef, params, stats, copy=True)
+        if freeze_batch_norm:
+          model = nnx.view(model, use_running_average=True)
+        elif freeze_backbone:  # Its statistics fixed too.
+          model.backbone = nnx.view(model.backbone, use_running_average=True)
+        key = step_key if index is None else jax.random.fold_in(step_key,
+                                                                index)
+        logits = model(images, rngs=nnx.Rngs(dropout=key))
+        total, shares = losses.weighted_parts(terms, logits, micro_labels,
+                                              context, totals)
+        return total, (logits, nnx.state(model, nnx.BatchStat), shares)
+
+      (total, (logits, new_stats, shares)), grads = jax.value_and_grad(
+          loss_fn, has_aux=True)(state.params)
+      valid = micro_labels != ignore_label
+      correct = (jnp.argmax(logits, -1) == micro_labels) & valid
+      return new_stats, grads, (total, shares, jnp.sum(correct),
+                                jnp.sum(valid))
+
+    if count == 1:
+      totals = losses.denominators(terms, labels, context)
+      new_stats, grads, outputs = micro_step(state.batch_stats, batch, None)
+    else:
+      micro = micro_batches(batch, count, devices)
+      totals = jnp.sum(jax.vmap(lambda l: losses.denominators(
+          terms, l.astype(jnp.int32), context))(micro['label']), axis=0)
+
+      def scan_body(carry, inputs):
+        stats, grads_sum = carry
+        index, one = inputs
+        stats, grads, outputs = micro_step(stats, one, index)
+        return (stats, jax.tree.map(jnp.add, grads_sum, grads)), outputs
+
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      (new_stats, grads), per_micro = jax.lax.scan(
+          scan_body, (state.batch_stats, zeros), (jnp.arange(count), micro))
+      outputs = jax.tree.map(lambda x: jnp.sum(x, axis=0), per_micro)
+    data_loss, shares, correct, valid = outputs
     weight_decay = optim.l2_loss(state.params, masks.weight_decay,
                                  t.weight_decay)
-    loss = cross_entropy + weight_decay
+    loss = data_loss + weight_decay
     updates, opt_state = tx.update(grads, state.opt_state, state.params,
                                    value=loss)
     params = optax.apply_updates(state.params, updates)
+    ema = state.ema
+    if ema is not None:
+      ema = optax.incremental_update(
+          {'params': params, 'batch_stats': new_stats}, ema,
+          1.0 - t.ema_decay)
     new_state = TrainState(state.step + 1, params, new_stats, opt_state,
-                           state.rng)
+                           state.rng, ema)
     # A step is accepted only if the loss and everything it produces
     # (parameters, BatchNorm statistics, optimizer state) are finite: one
     # reduction XLA fuses into the step, no extra host sync. A rejected step
     # leaves the state untouched (so no checkpoint ever holds a non-finite
     # value); the loop then stops.
-    state_finite = all_finite((params, new_stats, opt_state))
+    state_finite = all_finite((params, new_stats, opt_state, ema))
     finite = jnp.isfinite(loss) & state_finite
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                              new_state, state)
-    valid = labels != ignore_label
-    correct = (jnp.argmax(logits, -1) == labels) & valid
     metrics = {
         'loss': loss,
-        'cross_entropy': cross_entropy,
         'weight_decay_loss': weight_decay,
-        'pixel_accuracy': jnp.sum(correct) / jnp.maximum(jnp.sum(valid), 1),
+        'pixel_accuracy': correct / jnp.maximum(valid, 1),
         'learning_rate': schedule(state.step),
         'finite': finite,
         'state_finite': state_finite,
     }
+    metrics.update({name: share for name, share in zip(terms.names, shares)})
     return new_state, metrics
 
   return train_step
@@ -271,10 +345,27 @@ class Trainer:
     if class_weights is None and isinstance(config.train.class_weights,
                                             (list, tuple)):
       class_weights = np.asarray(config.train.class_weights, np.float32)
+    devices = self.mesh.devices.size
+    count = config.train.accumulate_steps
+    if (config.train.batch_size // devices) % count:
+      raise ConfigError(
+          f'config.train.batch_size = {config.train.batch_size} on {devices} '
+          f'device(s) is {config.train.batch_size // devices} images per '
+          f'device, which config.train.accumulate_steps = {count} does not '
+          f'split into equal micro-batches: use a batch size that is a '
+          f'multiple of {devices * count}.')
+    if count > 1:
+      logging.info(
+          'Accumulating %d micro-batches of %d image(s) per device a step; '
+          'BatchNorm %s.', count, config.train.batch_size // devices // count,
+          'frozen' if self.freeze_batch_norm else
+          "normalises each micro-batch by its own statistics and updates its "
+          "moving averages once per micro-batch")
     step_fn = make_train_step(self.graphdef, self.tx, config, self.masks,
                               self.schedule, self.freeze_batch_norm,
                               class_weights,
-                              freeze_backbone=self.freeze_backbone)
+                              freeze_backbone=self.freeze_backbone,
+                              devices=devices)
     self.train_step = jax.jit(
         step_fn, in_shardings=(self.replicated, self.data_sharding),
         out_shardings=(self.replicated, self.replicated), donate_argnums=0)
@@ -285,10 +376,12 @@ class Trainer:
     config = self.config
     model = create_model(config.model, rngs=nnx.Rngs(config.seed))
     _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    ema = ({'params': params, 'batch_stats': batch_stats}
+           if config.train.ema_decay > 0 else None)
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params,
         batch_stats=batch_stats, opt_state=self.tx.init(params),
-        rng=jax.random.PRNGKey(config.seed + 1))
+        rng=jax.random.PRNGKey(config.seed + 1), ema=ema)
 
   def initial_state(self) -> TrainState:
     """`build_initial_state` as one compiled program.
@@ -336,7 +429,10 @@ class Trainer:
     weights = pretrained.read_init_weights(source, self.config)
     params, batch_stats, report = tree.copy_matching(
         self.state.params, self.state.batch_stats, weights, scope=scope)
-    self.state = self.state.replace(params=params, batch_stats=batch_stats)
+    ema = (None if self.state.ema is None else
+           {'params': params, 'batch_stats': batch_stats})
+    self.state = self.state.replace(params=params, batch_stats=batch_stats,
+                                    ema=ema)
     return report
 
   def step(self, batch: dict[str, Any]) -> dict[str, jax.Array]:
@@ -512,7 +608,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   _record_config(workdir, config, latest)
 
   writer = metric_writers.MetricWriter(
-      workdir, just_logging=jax.process_index() > 0)
+      workdir, just_logging=jax.process_index() > 0,
+      writers=config.train.writers, name=epath.Path(workdir).name)
   if latest is None:
     writer.write_hparams({
         k: v for k, v in _flatten_config(config).items()
@@ -568,11 +665,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
                           why, step, checkpointer.path(step))
           break
         if evaluator is not None and step % t.eval_every_steps == 0:
-          summary = evaluator.evaluate(
-              (trainer.state.params, trainer.state.batch_stats),
-              workdir=workdir, step=step, writer=writer)
-          last_logged['eval'] = {k: summary[k] for k in
-                                 ('miou', 'pixel_accuracy', 'images', 'step')}
+          last_logged.update(_evaluate_during_training(
+              evaluator, trainer.state, config, workdir, step, writer))
     if jax.process_index() == 0 and step > int(latest or 0):
       checkpointer.verify(step)  # Success only with a usable last step.
   finally:
@@ -583,6 +677,30 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     checkpointer.close()
   last_logged.update(final_step=step, num_steps=num_steps)
   return last_logged
+
+
+def _evaluate_during_training(evaluator: Any, state: TrainState,
+                              config: ml_collections.ConfigDict,
+                              workdir: str, step: int, writer: Any
+                              ) -> dict[str, Any]:
+  """Both weights when the state has an EMA: `eval.weights`' into
+  <workdir>/eval and TensorBoard's eval/, the other into eval/<kind>/ and
+  eval_<kind>/."""
+  candidates = {'raw': (state.params, state.batch_stats)}
+  if state.ema is not None:
+    candidates['ema'] = (state.ema['params'], state.ema['batch_stats'])
+  main = config.eval.weights if config.eval.weights in candidates else 'raw'
+  logged = {}
+  for kind, weights in candidates.items():
+    primary = kind == main
+    out_dir = os.path.join(workdir, 'eval', '' if primary else kind)
+    summary = evaluator.evaluate(weights, out_dir=out_dir, step=step,
+                                 writer=writer,
+                                 tag='eval' if primary else f'eval_{kind}')
+    logged['eval' if primary else f'eval_{kind}'] = dict(
+        {k: summary[k] for k in ('miou', 'pixel_accuracy', 'images',
+                                 'step')}, weights=kind)
+  return logged
 
 
 def _flatten_config(config: Any, prefix: str = '') -> dict[str, Any]:

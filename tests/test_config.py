@@ -53,6 +53,7 @@ def test_every_scalar_key_has_a_validation_rule():
                'data.manual_dir', 'data.train_split', 'data.eval_split',
                'data.random_flip', 'data.reprepare', 'train.regularize_depthwise',
                'train.freeze_batch_norm', 'train.init_from',
+               'train.lovasz_per_image',
                'data.folder', 'train.freeze_backbone',
                'eval.flip', 'eval.follow_newest_only',
                'export.include_preprocessing', 'export.calibration_split',

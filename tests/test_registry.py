@@ -1,14 +1,18 @@
 """Every part a config names comes from a registry: a toy head, decoder,
-optimizer, schedule, eval runtime and export format, each registered from
-here alone, are taken by the config, the model, the optimizer, evaluation
-and --mode=export; an unknown name lists the registered ones."""
+optimizer, schedule, loss, eval runtime and export format, each registered
+from here alone, are taken by the config, the model, the optimizer, the
+train step, evaluation and --mode=export; an unknown name lists the
+registered ones."""
 
 import numpy as np
 import optax
 import pytest
 from flax import nnx
 
-from deeplab_jax import cli, export, optim
+import jax
+import jax.numpy as jnp
+
+from deeplab_jax import cli, distributed, export, losses, optim, train
 from deeplab_jax.config import default_config, validate_config
 from deeplab_jax.errors import ConfigError
 from deeplab_jax.export import ExportFormat
@@ -51,12 +55,26 @@ def toy_schedule(train_config, learning_rate, decay_steps):
   return lambda step: learning_rate * 0.5  # Half the rate, always.
 
 
+class BrierLoss:
+  """Mean over labelled pixels of |softmax - one-hot|^2."""
+
+  def denominator(self, labels, context):
+    return jnp.sum(labels != context.ignore_label)
+
+  def numerator(self, logits, labels, context):
+    keep, safe = losses.base.labelled(labels, context)
+    error = jnp.sum(jnp.square(jax.nn.softmax(logits) - jax.nn.one_hot(
+        safe, context.num_classes)), axis=-1)
+    return jnp.sum(jnp.where(keep, error, 0.0))
+
+
 @pytest.fixture
 def toys(monkeypatch):
   monkeypatch.setitem(HEADS, 'toy', ToyHead.from_config)
   monkeypatch.setitem(DECODERS, 'none', DECODERS['upsample'])
   monkeypatch.setitem(optim.OPTIMIZERS, 'toy_sgd', toy_optimizer)
   monkeypatch.setitem(optim.LR_SCHEDULES, 'half', toy_schedule)
+  monkeypatch.setitem(losses.LOSSES, 'brier', BrierLoss())
 
 
 def test_toy_parts_are_validated_built_and_used(toys):
@@ -80,6 +98,27 @@ def test_toy_parts_are_validated_built_and_used(toys):
   np.testing.assert_allclose(updates['w'], -config.train.learning_rate / 2)
 
 
+def test_a_toy_loss_is_trained_on_and_logged(toys):
+  config = default_config()
+  config.model = tiny_model_config(**{'num_classes': 3})
+  config.train.loss = (('cross_entropy', 1.0), ('brier', 2.0))
+  config.train.batch_size = 2
+  validate_config(config)
+  trainer = train.Trainer(config, num_steps=4, mesh=distributed.make_mesh(
+      jax.local_devices()[:1]))
+  trainer.place()
+  rng = np.random.default_rng(0)
+  metrics = trainer.step({
+      'image': rng.uniform(-1, 1, (2, 33, 33, 3)).astype(np.float32),
+      'label': rng.integers(0, 3, (2, 33, 33)).astype(np.uint8)})
+  # At initialisation the probabilities are near uniform: |p - y|^2 is
+  # about (1 - 1/3)^2 + 2 (1/3)^2 = 2/3.
+  assert abs(float(metrics['brier']) - 2 / 3) < 0.1
+  total = (float(metrics['cross_entropy']) + 2 * float(metrics['brier']) +
+           float(metrics['weight_decay_loss']))
+  assert abs(float(metrics['loss']) - total) < 1e-5
+
+
 def test_unknown_names_list_the_registered_ones(toys):
   config = default_config()
   config.model.head.type = 'nope'
@@ -89,6 +128,10 @@ def test_unknown_names_list_the_registered_ones(toys):
   config = default_config()
   config.train.optimizer = 'lion'
   with pytest.raises(ConfigError, match="'sgd', 'adam', 'toy_sgd'"):
+    validate_config(config)
+  config = default_config()
+  config.train.loss = (('l1', 1.0),)
+  with pytest.raises(ConfigError, match="'lovasz_softmax', 'brier'"):
     validate_config(config)
 
 

@@ -184,13 +184,13 @@ def test_four_steps_equal_two_plus_restart_plus_two(voc_config, tmp_path,
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(
     voc_config, tmp_path, monkeypatch):
-  real_loss = losses.softmax_cross_entropy
+  class NanFromStep3(losses.CrossEntropy):  # The registered term, faulty.
 
-  def nan_from_step_3(logits, labels, *, step, **kwargs):
-    loss = real_loss(logits, labels, step=step, **kwargs)
-    return jax.numpy.where(step >= 3, jax.numpy.nan, loss)
+    def numerator(self, logits, labels, context):
+      loss = super().numerator(logits, labels, context)
+      return jax.numpy.where(context.step >= 3, jax.numpy.nan, loss)
 
-  monkeypatch.setattr(losses, 'softmax_cross_entropy', nan_from_step_3)
+  monkeypatch.setitem(losses.LOSSES, 'cross_entropy', NanFromStep3())
   config = voc_config.copy_and_resolve_references()
   workdir = tmp_path / 'nan'
   with pytest.raises(NonFiniteLossError) as error:
@@ -209,18 +209,19 @@ def test_non_finite_state_with_a_finite_loss_is_never_kept(
   """The loss stays finite but the gradients turn NaN at step 4: the step
   is rejected, the kept checkpoint (step 2) is finite, evaluation would
   refuse a non-finite one, and resuming without the fault trains on."""
-  real_loss = losses.softmax_cross_entropy
+  class NanGradientsFromStep3(losses.CrossEntropy):
 
-  def nan_gradients_from_step_3(logits, labels, *, step, **kwargs):
-    loss = real_loss(logits, labels, step=step, **kwargs)
-    # sqrt(0 * |x| + u) - u with u = 1 before step 3, 0 from it: the value
-    # is always 0, the gradient 0 before and 0 * inf = NaN from step 3.
-    u = jax.numpy.where(step >= 3, 0.0, 1.0)
-    return loss + jax.numpy.sqrt(
-        jax.numpy.abs(jax.numpy.sum(logits)) * 0.0 + u) - u
+    def numerator(self, logits, labels, context):
+      loss = super().numerator(logits, labels, context)
+      # sqrt(0 * |x| + u) - u with u = 1 before step 3, 0 from it: the
+      # value is always 0, the gradient 0 before and 0 * inf = NaN from
+      # step 3.
+      u = jax.numpy.where(context.step >= 3, 0.0, 1.0)
+      return loss + jax.numpy.sqrt(
+          jax.numpy.abs(jax.numpy.sum(logits)) * 0.0 + u) - u
 
-  monkeypatch.setattr(losses, 'softmax_cross_entropy',
-                      nan_gradients_from_step_3)
+  monkeypatch.setitem(losses.LOSSES, 'cross_entropy',
+                      NanGradientsFromStep3())
   config = voc_config.copy_and_resolve_references()
   workdir = tmp_path / 'nan_state'
   with pytest.raises(NonFiniteLossError) as error:
@@ -234,7 +235,7 @@ def test_non_finite_state_with_a_finite_loss_is_never_kept(
   # A checkpoint with a NaN in it is refused by the inference loader.
   weights = tree.module_weights(model)
   assert all(np.all(np.isfinite(v)) for v in weights.values())
-  monkeypatch.setattr(losses, 'softmax_cross_entropy', real_loss)
+  monkeypatch.setitem(losses.LOSSES, 'cross_entropy', losses.CrossEntropy())
   result = train.train(config, str(workdir), stop_after=4)
   assert result['final_step'] == 4
   assert np.isfinite(result['train/loss'])
@@ -368,11 +369,14 @@ def test_frozen_batch_norm_trains_on_moving_statistics():
 
 @pytest.mark.parametrize('freeze,batch,init_from,frozen,warns', [
     (None, 16, None, False, False),  # The reference recipe: BN trains.
-    (None, 4, None, True, False),  # Too few images per device.
+    # Too few images per device, and random weights: frozen with a warning.
+    (None, 4, None, True, True),
+    (None, 4, 'mnv2_pascal_train_aug', True, False),  # Pretrained: no risk.
     (None, 16, 'model.tflite', True, False),  # Folded BatchNorm.
     (None, 16, 'mnv2_dm05_pascal_float_257', True, False),  # A TFLite name.
     (None, 16, 'mnv2_pascal_train_aug', False, False),  # TF checkpoint.
-    (True, 16, None, True, False),
+    (True, 16, None, True, True),
+    (True, 16, 'mnv2_pascal_train_aug', True, False),
     (False, 4, None, False, True),  # Forced against the risk: a warning.
     (False, 16, 'model.tflite', False, True),
 ])
@@ -384,8 +388,12 @@ def test_batch_norm_policy(freeze, batch, init_from, frozen, warns):
   got, reason, warning = train.batch_norm_policy(config, devices=1)
   assert got == frozen, reason
   assert (warning is not None) == warns
-  if warns:
+  if warns and not frozen:
     assert 'lose most of its accuracy' in warning
+  if warns and frozen:
+    assert 'starts from random weights' in warning
+    assert ('--config.train.freeze_batch_norm=False' if freeze else
+            '--config.train.batch_norm_min_batch=4') in warning
   if frozen and freeze is None:
     assert 'batch_norm_min_batch' in reason or 'folded' in reason
   # Per device: 16 over 4 devices is 4 images each.

@@ -34,20 +34,21 @@ def config_for(backbone: str):
   return config
 
 
-def take_step(config, mesh=None) -> dict:
-  """{'loss', 'params/...', 'batch_stats/...': array} after one step on
-  `mesh` (default: all devices of the cluster), each process feeding its
-  share of the global batch."""
+def take_step(config, mesh=None, batch=8) -> dict:
+  """{'loss', 'params/...', 'batch_stats/...': array} after one step of a
+  `batch`-image batch on `mesh` (default: all devices of the cluster),
+  each process feeding its share of the global batch."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from deeplab_jax import train  # pylint: disable=g-import-not-at-top
   from deeplab_jax.weights import tree  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
-  images = rng.uniform(-1, 1, (8, 33, 33, 3)).astype(np.float32)
-  labels = rng.integers(0, 5, (8, 33, 33)).astype(np.uint8)
+  images = rng.uniform(-1, 1, (batch, 33, 33, 3)).astype(np.float32)
+  labels = rng.integers(0, 5, (batch, 33, 33)).astype(np.uint8)
   labels[:, :4] = 255
+  labels[::3, 10:20] = 255  # Images with fewer labelled pixels.
   processes = 1 if mesh is not None else jax.process_count()
-  share = 8 // processes
+  share = batch // processes
   lo = (0 if mesh is not None else jax.process_index()) * share
   trainer = train.Trainer(config, num_steps=10, mesh=mesh)
   trainer.place()
@@ -73,6 +74,9 @@ def main() -> None:
                       choices=['mobilenet_v2', 'toy'])
   parser.add_argument('--out', required=True)
   parser.add_argument('--one_device_out', default=None)
+  parser.add_argument('--accumulate_out', default=None,
+                      help='Also: a batch of 16 with BatchNorm frozen, in '
+                      'one step (OUT_full.npz) and as 2 micro-batches.')
   args = parser.parse_args()
   # Must precede the first JAX import.
   flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
@@ -94,6 +98,15 @@ def main() -> None:
   if args.one_device_out:
     np.savez(args.one_device_out, **take_step(
         config, distributed.make_mesh(jax.local_devices()[:1])))
+  if args.accumulate_out:
+    config.train.freeze_batch_norm = True
+    config.model.head.dropout_rate = 0.0
+    config.train.batch_size = 16
+    np.savez(args.accumulate_out + '_full.npz',
+             **take_step(config, batch=16))
+    config.train.accumulate_steps = 2
+    np.savez(args.accumulate_out + '_micro.npz',
+             **take_step(config, batch=16))
 
 
 if __name__ == '__main__':

@@ -10,6 +10,7 @@ from the workdir's TensorBoard files.
 """
 
 import argparse
+import json
 import os
 
 
@@ -20,6 +21,9 @@ def main() -> None:
   parser.add_argument('--data_dir', required=True)
   parser.add_argument('--num_steps', type=int, required=True)
   parser.add_argument('--stop_after', type=int, default=None)
+  parser.add_argument('--accumulate_steps', type=int, default=1)
+  parser.add_argument('--ema_decay', type=float, default=0.0)
+  parser.add_argument('--loss', default=None, help='JSON [[name, weight]]')
   args = parser.parse_args()
   flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
            if not f.startswith('--xla_force_host_platform_device_count')]
@@ -42,6 +46,10 @@ def main() -> None:
   # BatchNorm trained on the global batch's statistics on any number of
   # devices, so that every device count takes the same steps.
   config.train.batch_norm_min_batch = 1
+  config.train.accumulate_steps = args.accumulate_steps
+  config.train.ema_decay = args.ema_decay
+  if args.loss:
+    config.train.loss = [tuple(t) for t in json.loads(args.loss)]
   result = train.train(config, args.workdir, stop_after=args.stop_after)
   print(f'final step {result["final_step"]}, devices {jax.device_count()}',
         flush=True)

@@ -176,8 +176,10 @@ def test_image_pooling_is_projected_once_and_trains_like_the_concat():
   (v0, g0, dx0, s0), (v1, g1, dx1, s1) = results
   np.testing.assert_allclose(v0, v1, rtol=1e-5)
   np.testing.assert_allclose(dx0, dx1, atol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
-               g0, g1)
+  # Gradients up to about 20 summed in another order: float32 rounding.
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+      g0, g1)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
                s0, s1)
   # The statistics did move (training mode), and every kernel has a

@@ -1,12 +1,25 @@
-"""The reference softmax cross-entropy with ignored pixels and optional
-hard-pixel mining (`train_utils.add_softmax_cross_entropy_loss_for_each_scale`).
-"""
+"""The reference softmax cross-entropy with ignored pixels, class weights
+and optional hard-pixel mining
+(`train_utils.add_softmax_cross_entropy_loss_for_each_scale`)."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from deeplab_jax.losses.base import (LossContext, as_float, labelled,
+                                      pixel_weights)
+
+
+def pixel_cross_entropy(logits: jax.Array, labels: jax.Array,
+                        context: LossContext) -> jax.Array:
+  """[N, H, W] float32 cross-entropy of each pixel times its class weight
+  (0 where ignored)."""
+  keep, safe = labelled(labels, context)
+  losses = optax.softmax_cross_entropy_with_integer_labels(
+      as_float(logits), safe)
+  return jnp.where(keep, losses, 0.0) * pixel_weights(labels, context)
 
 
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *,
@@ -33,20 +46,11 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *,
   Returns:
     Scalar float32 loss (0 when no pixel is labelled).
   """
-  labels = labels.astype(jnp.int32)
-  keep = labels != ignore_label
-  safe_labels = jnp.where(keep, labels, 0)
-  pixel_losses = optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), safe_labels)
-  pixel_losses = jnp.where(keep, pixel_losses, 0.0)
-  if class_weights is not None:
-    weights = jnp.where(keep, jnp.asarray(class_weights, jnp.float32)[
-        safe_labels], 0.0)
-    pixel_losses = pixel_losses * weights
-  else:
-    weights = keep.astype(jnp.float32)
+  context = LossContext(ignore_label, logits.shape[-1], class_weights, step)
+  pixel_losses = pixel_cross_entropy(logits, labels, context)
   if top_k_percent_pixels >= 1.0:
-    return jnp.sum(pixel_losses) / jnp.maximum(jnp.sum(weights), 1e-5)
+    return jnp.sum(pixel_losses) / jnp.maximum(
+        jnp.sum(pixel_weights(labels, context)), 1e-5)
   flat = pixel_losses.reshape(-1)
   num_pixels = flat.shape[0]
   if hard_example_mining_step > 0:
@@ -62,3 +66,24 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *,
   top = jnp.where(selected, ranked, 0.0)
   num_present = jnp.sum((top != 0.0).astype(jnp.float32))
   return jnp.sum(top) / jnp.maximum(num_present, 1e-5)
+
+
+class CrossEntropy:
+  """'cross_entropy': the mean over labelled pixels (weighted by
+  `train.class_weights`), or with `train.top_k_percent_pixels` < 1 the
+  mean over the hardest pixels of each (micro-)batch."""
+
+  def denominator(self, labels, context):
+    if context.options.top_k_percent_pixels < 1.0:
+      return jnp.float32(1.0)
+    return jnp.sum(pixel_weights(labels, context))
+
+  def numerator(self, logits, labels, context):
+    t = context.options
+    if t.top_k_percent_pixels < 1.0:
+      return softmax_cross_entropy(
+          logits, labels, ignore_label=context.ignore_label,
+          top_k_percent_pixels=t.top_k_percent_pixels,
+          hard_example_mining_step=t.hard_example_mining_step,
+          step=context.step, class_weights=context.class_weights)
+    return jnp.sum(pixel_cross_entropy(logits, labels, context))
