@@ -9,10 +9,13 @@ input_pipeline.py):
   train/B   one SGD-momentum train step of DeepLabV3+ MobileNetV2 (the
             configs/voc.py model: ASPP 6/12/18, decoder), B images of CxC,
             output stride 16, BatchNorm training on batch statistics in both;
-            ours is deeplab_jax.train.Trainer's jitted step, the peer
-            benchmarks/torch_deeplab.py in PyTorch eager (SGD momentum,
-            cross-entropy with ignore_index).
-  infer     the same network's forward pass (inference mode), 1xCxC.
+            ours is deeplab_jax.train.Trainer's jitted step, the peers
+            benchmarks/torch_deeplab.py in PyTorch eager and compiled
+            (torch.compile, inductor; SGD momentum, cross-entropy with
+            ignore_index).
+  infer     the same network's forward pass (inference mode), 1xCxC; the
+            compiled peer with inductor's freezing (BatchNorm folded into
+            the convolutions, as our inference path folds it).
   train_resnet50  the train step of configs/voc_resnet50.py (ResNet-50 v1
             beta, multi_grid 1/2/4, same head and decoder) against the same
             network in PyTorch eager (torch_deeplab.ResNetV1Beta); on the
@@ -26,8 +29,13 @@ pinned to the same `--threads` cores (torch.set_num_threads, LiteRT
 num_threads, sched_setaffinity for all). The workers compile and warm up
 first; then the parent asks them in turn, `--rounds` times, for `--steps`
 timed steps each, so that the peers alternate and share the machine's
-drift. It prints the median, min-max, images/s, the ratio ours/peer of the
-medians (and of the fastest calls), the machine and thread counts.
+drift. It prints the median, min-max, images/s, the first call (set-up and
+compilation, for every framework), the ratio ours/peer of the medians (and
+of the fastest calls), the machine and thread counts.
+
+Peers (--peers): `eager` (PyTorch eager), `compile` (torch.compile, default
+mode), `max-autotune` (torch.compile mode='max-autotune': minutes of
+compilation on a CPU, so not by default there).
 
 --one_at_a_time instead starts, warms up, times and stops each worker in
 turn every round, so that only the one being timed is resident. On this
@@ -35,6 +43,7 @@ turn every round, so that only the one being timed is resident. On this
 12.3 s a step while PyTorch went from 8.7 to 9.7 s: compare both modes.
 
     --only=train,infer,tflite[,train_resnet50]   --batch_sizes=4,8   --crop=513
+    --peers=eager,compile[,max-autotune]
     --rounds=3 --steps=3 --infer_steps=20   --threads=2   --json=OUT.json
     --one_at_a_time             --variants=';--xla_cpu_...;model.KEY=VALUE'
     --trace=DIR                 (profiles of each worker, untimed)
@@ -172,7 +181,8 @@ class OursInfer:
 class TorchWorker:
 
   def __init__(self, task: str, batch: int, crop: int, dtype: str,
-               threads: int, device: str, channels_last: bool):
+               threads: int, device: str, channels_last: bool,
+               compile_mode: str | None = None):
     import torch
     sys.path.insert(0, str(REPO / 'benchmarks'))
     from torch_deeplab import DeepLabV3Plus
@@ -196,6 +206,10 @@ class TorchWorker:
       optimizer = torch.optim.SGD(model.parameters(), lr=0.007, momentum=0.9,
                                   weight_decay=4e-5)
       model.train()
+      if compile_mode:
+        # Forward and backward compiled (AOTAutograd); the optimizer's
+        # foreach update stays eager, as torch.compile's tutorial runs it.
+        model = torch.compile(model, mode=compile_mode)
 
       def step():
         optimizer.zero_grad(set_to_none=True)
@@ -208,6 +222,12 @@ class TorchWorker:
         return loss
     else:
       model.eval()
+      if compile_mode:
+        # Freezing folds BatchNorm into the convolutions and makes the
+        # weights constants, as our inference path does.
+        import torch._inductor.config as inductor_config
+        inductor_config.freezing = True
+        model = torch.compile(model, mode=compile_mode)
 
       def step():
         with torch.inference_mode(), autocast:
@@ -293,7 +313,8 @@ def worker_main(args) -> None:
   elif framework == 'torch':
     import torch
     work = TorchWorker(task, args.batch, args.crop, args.dtype, args.threads,
-                       args.device, args.torch_channels_last)
+                       args.device, args.torch_channels_last,
+                       args.torch_compile or None)
     device = (torch.cuda.get_device_name() if args.device == 'gpu'
               else 'cpu')
     version = f'torch {torch.__version__}'
@@ -392,6 +413,20 @@ def _scenarios(args) -> list[tuple[str, int, int,
   if args.torch_channels_last:
     common.append('--torch_channels_last')
   dtypes = args.dtypes.split(',')
+  peer_flags = {'eager': [], 'compile': ['--torch_compile', 'default'],
+                'max-autotune': ['--torch_compile', 'max-autotune']}
+  peer_names = {'eager': 'torch eager', 'compile': 'torch.compile',
+                'max-autotune': 'torch.compile[max-autotune]'}
+  for peer in args.peers.split(','):
+    if peer not in peer_flags:
+      raise SystemExit(f'--peers: unknown peer {peer!r} '
+                       f'({", ".join(peer_flags)})')
+
+  def torch_peers(task, argv):
+    return [(peer_names[p], ['--worker', f'torch:{task}', *argv,
+                             *peer_flags[p]])
+            for p in args.peers.split(',')]
+
   scenarios = []
   for task in args.only.split(','):
     if task in ('train', 'train_resnet50'):
@@ -402,14 +437,14 @@ def _scenarios(args) -> list[tuple[str, int, int,
           scenarios.append((f'train{network} b{batch} {args.crop} {dtype}',
                             int(batch), args.steps, [
               ('ours', ['--worker', f'ours:{task}', *argv]),
-              ('torch eager', ['--worker', f'torch:{task}', *argv])]))
+              *torch_peers(task, argv)]))
     elif task == 'infer':
       for dtype in dtypes:
         argv = common + ['--batch', str(args.infer_batch), '--dtype', dtype]
         scenarios.append((f'infer b{args.infer_batch} {args.crop} {dtype}',
                           args.infer_batch, args.infer_steps, [
             ('ours', ['--worker', 'ours:infer', *argv]),
-            ('torch eager', ['--worker', 'torch:infer', *argv])]))
+            *torch_peers('infer', argv)]))
     elif task == 'tflite':
       if not pathlib.Path(args.tflite).exists():
         print(f'tflite: skipped, {args.tflite} not found (--tflite=PATH)')
@@ -531,7 +566,7 @@ def compare(args) -> list[dict]:
     print(f'{label}')
     for w in workers:
       t = times[w.name]
-      line = (f'  {w.name:<12} {_fmt(medians[w.name]):>10} '
+      line = (f'  {w.name:<14} {_fmt(medians[w.name]):>10} '
               f'({_fmt(min(t))}-{_fmt(max(t))})  '
               f'{images / medians[w.name]:.1f} img/s  first call '
               f'{w.info["setup_seconds"]:.1f} s  [{w.info["version"]}, '
@@ -579,6 +614,9 @@ def main() -> None:
                       help='default: 2 on CPU, all cores on GPU')
   parser.add_argument('--tflite', default=str(OFFICIAL_FLOAT_257))
   parser.add_argument('--torch_channels_last', action='store_true')
+  parser.add_argument('--peers', default='eager,compile',
+                      help="PyTorch peers: 'eager', 'compile' (torch.compile "
+                      "default mode), 'max-autotune'")
   parser.add_argument('--json', default=None, help='also write the times')
   parser.add_argument('--one_at_a_time', action='store_true',
                       help='start and stop each worker per round, so that '
@@ -607,6 +645,7 @@ def main() -> None:
   parser.add_argument('--dtype', default='float32', help=argparse.SUPPRESS)
   parser.add_argument('--set', action='append', default=[],
                       help=argparse.SUPPRESS)
+  parser.add_argument('--torch_compile', default='', help=argparse.SUPPRESS)
   args = parser.parse_args()
   gpu = args.device == 'gpu'
   if args.threads is None:

@@ -149,9 +149,8 @@ class DeepLabV3Plus(nn.Module):
       in_features = 320
       # features[0] is the stem, so block i is features[i + 1]; its
       # depthwise conv is the second ConvBNReLU of `conv`.
-      block = self.backbone[LOW_LEVEL_BLOCK + 1]
-      self._low_level_source = block.conv[1]
-      low_in = block.conv[1][0].out_channels
+      self._low_level_block = self.backbone[LOW_LEVEL_BLOCK + 1]
+      low_in = self._low_level_block.conv[1][0].out_channels
     self.backbone_name = backbone
     multiplier = 16 // output_stride
     rates = [r * multiplier for r in atrous_rates]
@@ -166,18 +165,29 @@ class DeepLabV3Plus(nn.Module):
     self.decoder_conv1 = _separable(channels, channels)
     self.logits = nn.Conv2d(channels, num_classes, 1, bias=True)
 
+  def _mobilenet_features(self, x):
+    """(features, the low-level block's depthwise output), one pass and no
+    forward hook: a hook breaks torch.compile's graph into one per block."""
+    low = None
+    for module in self.backbone:
+      if module is not self._low_level_block:
+        x = module(x)
+        continue
+      h = x
+      for index, layer in enumerate(module.conv):
+        h = layer(h)
+        if index == 1:  # The depthwise ConvBNReLU.
+          low = h
+      x = x + h if module.use_res_connect else h
+    return x, low
+
   def forward(self, images: torch.Tensor) -> torch.Tensor:
     if self.backbone_name == 'resnet50':
       features, low = self.backbone(images)
       low_level = [low]
     else:
-      low_level = []
-      hook = self._low_level_source.register_forward_hook(
-          lambda module, inputs, output: low_level.append(output))
-      try:
-        features = self.backbone(images)
-      finally:
-        hook.remove()
+      features, low = self._mobilenet_features(images)
+      low_level = [low]
     h, w = features.shape[2:]
     pooled = self.image_pooling(features.mean((2, 3), keepdim=True))
     branches = [F.interpolate(pooled, (h, w), mode='bilinear',

@@ -83,6 +83,10 @@ class DeepLab(nnx.Module):
     if self.decoder is not None:
       x = self.decoder(x, endpoints['low_level'])
     logits = self.logits(x).astype(jnp.float32)
+    # The reference resizes each scale's logits to the logits' size (an
+    # identity at one scale: skipped, but for TFLite, whose official files
+    # have it).
+    logits = resize_bilinear(logits, logits.shape[1:3])
     if upsample:
       logits = resize_bilinear(logits, images.shape[1:3])
     return logits

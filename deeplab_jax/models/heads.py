@@ -32,6 +32,7 @@ from deeplab_jax.errors import WeightImportError
 from deeplab_jax.registry import Registry
 from deeplab_jax.models.layers import ConvBN, LayerOptions, SeparableConvBN
 from deeplab_jax.ops.dispatch import native_ops_active
+from deeplab_jax.ops.pooling import global_average_pool
 from deeplab_jax.ops.resize import resize_bilinear
 
 Array = jax.Array
@@ -186,7 +187,7 @@ class ASPP(_ConcatProjection):
     pooled = None
     if self.image_pooling is not None:  # Global average pool -> 1x1 conv.
       if image_features is None:
-        image_features = jnp.mean(features, axis=(1, 2), keepdims=True)
+        image_features = global_average_pool(features)
       pooled = self.image_pooling(image_features.astype(features.dtype))
     branches = [self.aspp0(features)]
     branches.extend(branch(features) for branch in self.atrous)

@@ -29,6 +29,32 @@ def native_ops():
     _NATIVE_ONLY.value = previous
 
 
+# Set by `tflite_ops()`: resizes trace to the `resize_bilinear` primitive
+# and global means to a window sum, which become TFLite's own ops.
+_TFLITE = threading.local()
+
+
+@contextlib.contextmanager
+def tflite_ops():
+  """Within `native_ops()` too, and also: each align-corners resize traces
+  to one `resize_bilinear` primitive (identities included, as the
+  reference's graph has them), which the TFLite exporter replaces with TF's
+  ResizeBilinear, and global average pooling to a window sum, which the
+  converter lowers to AVERAGE_POOL_2D: the official files' ops."""
+  previous = getattr(_TFLITE, 'value', False)
+  _TFLITE.value = True
+  try:
+    with native_ops():
+      yield
+  finally:
+    _TFLITE.value = previous
+
+
+def tflite_ops_active() -> bool:
+  """Inside `tflite_ops()`."""
+  return getattr(_TFLITE, 'value', False)
+
+
 def native_ops_active() -> bool:
   """Inside `native_ops()`: trace plain ops, as exports need."""
   return getattr(_NATIVE_ONLY, 'value', False)

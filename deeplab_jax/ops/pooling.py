@@ -1,5 +1,5 @@
 """Max pooling whose XLA:CPU gradient is pads and sums, not a
-select-and-scatter (the ResNet stem's pool)."""
+select-and-scatter (the ResNet stem's pool); global average pooling."""
 
 from __future__ import annotations
 
@@ -9,10 +9,25 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from deeplab_jax.ops.dispatch import cpu_rewrites
+from deeplab_jax.ops.dispatch import cpu_rewrites, tflite_ops_active
 from deeplab_jax.ops.padding import padded_taps
 
 Array = jax.Array
+
+
+def global_average_pool(x: Array) -> Array:
+  """[N, H, W, C] -> [N, 1, 1, C] mean over H and W (image pooling).
+
+  Inside `tflite_ops()` a window sum over the whole map divided by its
+  size, which TFLite's converter lowers to AVERAGE_POOL_2D (a mean
+  becomes SUM and MUL there).
+  """
+  if tflite_ops_active():
+    window = (1, x.shape[1], x.shape[2], 1)
+    total = lax.reduce_window(x, jnp.zeros((), x.dtype), lax.add, window,
+                              (1, 1, 1, 1), 'VALID')
+    return total / (x.shape[1] * x.shape[2])
+  return jnp.mean(x, axis=(1, 2), keepdims=True)
 
 
 def max_pool(x: Array, window: tuple[int, int], strides: tuple[int, int],

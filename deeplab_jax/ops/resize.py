@@ -15,7 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from deeplab_jax.ops.dispatch import native_ops_active
+from jax.extend import core as jex_core
+from jax.interpreters import mlir
+
+from deeplab_jax.ops.dispatch import native_ops_active, tflite_ops_active
 
 Array = jax.Array
 
@@ -108,6 +111,26 @@ def _resize_axis_bwd(axis, out_size, align_corners, in_size, g):
 _resize_axis.defvjp(_resize_axis_fwd, _resize_axis_bwd)
 
 
+def _resize_by_matrices(x: Array, *, size: tuple[int, int],
+                        align_corners: bool) -> Array:
+  for axis, out_size in ((1, size[0]), (2, size[1])):
+    if x.shape[axis] != out_size:
+      x = _resize_axis_by_matrix(x, axis, out_size, align_corners)
+  return x
+
+
+# One op per resize, for exporters that have their own (TFLite's
+# RESIZE_BILINEAR): XLA runs it as the matrix products above.
+resize_bilinear_p = jex_core.Primitive('resize_bilinear')
+resize_bilinear_p.def_impl(_resize_by_matrices)
+resize_bilinear_p.def_abstract_eval(
+    lambda x, *, size, align_corners: jax.core.ShapedArray(
+        (x.shape[0], *size, x.shape[3]), x.dtype))
+mlir.register_lowering(
+    resize_bilinear_p,
+    mlir.lower_fun(_resize_by_matrices, multiple_results=False))
+
+
 def resize_bilinear(x: Array, size: Sequence[int],
                     align_corners: bool = True) -> Array:
   """Bilinear resize of [N, H, W, C] to [N, size[0], size[1], C].
@@ -118,6 +141,9 @@ def resize_bilinear(x: Array, size: Sequence[int],
   lower to plain matrix products.
   """
   out_h, out_w = int(size[0]), int(size[1])
+  if tflite_ops_active():
+    return resize_bilinear_p.bind(x, size=(out_h, out_w),
+                                  align_corners=bool(align_corners))
   resize_axis = (_resize_axis_by_matrix if native_ops_active()
                  else _resize_axis)
   for axis, out_size in ((1, out_h), (2, out_w)):

@@ -44,3 +44,24 @@ def test_trace_paths_are_one_folder_per_scenario_and_worker(tmp_path):
   path = compare.trace_path(str(tmp_path), 'train b16 513 float32',
                              'ours[--xla_a=1 model.b=c]')
   assert path == tmp_path / 'train_b16_513_float32' / 'ours_--xla_a_1_model.b_c'
+
+
+def test_every_scenario_has_the_eager_and_the_compiled_peer():
+  import argparse  # pylint: disable=g-import-not-at-top
+  args = argparse.Namespace(
+      threads=2, device='cpu', crop=513, torch_channels_last=False,
+      dtypes='float32', only='train,infer', batch_sizes='4,8',
+      infer_batch=1, steps=3, infer_steps=20, peers='eager,compile',
+      tflite='')
+  scenarios = compare._scenarios(args)  # pylint: disable=protected-access
+  assert [label for label, *_ in scenarios] == [
+      'train b4 513 float32', 'train b8 513 float32', 'infer b1 513 float32']
+  for _, _, _, peers in scenarios:
+    names = [name for name, _ in peers]
+    assert names == ['ours', 'torch eager', 'torch.compile']
+    eager, compiled = peers[1][1], peers[2][1]
+    assert '--torch_compile' not in eager
+    assert compiled[compiled.index('--torch_compile') + 1] == 'default'
+  args.peers = 'eager,jit'
+  with pytest.raises(SystemExit, match="unknown peer 'jit'"):
+    compare._scenarios(args)  # pylint: disable=protected-access

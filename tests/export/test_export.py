@@ -2,6 +2,7 @@
 runtimes (LiteRT, jax.export) on a real photo, against the Flax model and
 the official file."""
 
+import collections
 import json
 import pathlib
 
@@ -16,6 +17,17 @@ from deeplab_jax.models import backbones, inference_view
 from deeplab_jax.weights import pretrained
 
 FLOAT = 'deeplabv3_257_mv_gpu.tflite'
+
+
+def _op_counts(path) -> dict[str, int]:
+  """{TFLite builtin op name: how many} of the file (XNNPACK's DELEGATE
+  nodes left out: they are what the runtime made of the ops)."""
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  interpreter = Interpreter(model_path=str(path))
+  interpreter.allocate_tensors()
+  return dict(collections.Counter(
+      op['op_name'] for op in interpreter._get_ops_details()  # pylint: disable=protected-access
+      if op['op_name'] != 'DELEGATE'))
 
 
 def _litert(path, image):
@@ -50,8 +62,36 @@ def test_tflite_export_under_litert_gives_flax_and_official_logits(
   assert np.abs(logits).max() > 1.0  # Not a degenerate comparison.
   np.testing.assert_allclose(ours, logits, atol=1e-4)
   assert (ours.argmax(-1) == logits.argmax(-1)).all()
-  # Round trip: official file -> import -> export equals the official file.
+  # Round trip: official file -> import -> export equals the official file,
+  # in its outputs and in its ops (RESIZE_BILINEAR and AVERAGE_POOL_2D, not
+  # FULLY_CONNECTED, TRANSPOSE, MUL, SUM or RESHAPE).
   np.testing.assert_allclose(ours, _litert(official_path, images), atol=1e-4)
+  official_ops = _op_counts(official_path)
+  assert official_ops['RESIZE_BILINEAR'] == 3, official_ops
+  assert _op_counts(path) == official_ops
+
+
+def test_a_decoder_model_exports_to_the_official_ops(tmp_path):
+  """DeepLabV3+ (decoder, separable ASPP at OS 16): its decoder's resize is
+  a RESIZE_BILINEAR too, and LiteRT gives the Flax logits."""
+  from deeplab_jax.config import load_config_file  # pylint: disable=g-import-not-at-top
+  from deeplab_jax.models import create_model  # pylint: disable=g-import-not-at-top
+  config = load_config_file(str(pathlib.Path(__file__).parents[2] /
+                                'configs/voc.py'))
+  config.eval.crop_size = 129
+  model = create_model(config.model, rngs=nnx.Rngs(0))
+  images = np.random.default_rng(0).uniform(
+      -1, 1, (1, 129, 129, 3)).astype(np.float32)
+  want = np.asarray(nnx.jit(lambda m, x: m(x))(inference_view(model),
+                                                images))
+  path = export.export(model, config, 'tflite', str(tmp_path / 'd.tflite'))
+  ops = _op_counts(path)
+  # Image pooling, the decoder's upsampling, the logits' identity and
+  # the final upsampling.
+  assert ops.get('RESIZE_BILINEAR') == 4, ops
+  assert ops.get('AVERAGE_POOL_2D') == 1, ops
+  assert not {'FULLY_CONNECTED', 'TRANSPOSE', 'SUM', 'MUL'} & set(ops), ops
+  np.testing.assert_allclose(_litert(path, images), want, atol=1e-4)
 
 
 def test_stablehlo_export_reloads_without_the_model_code(official, tmp_path):

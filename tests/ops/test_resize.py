@@ -88,3 +88,27 @@ def test_scale_dimension_matches_reference_rule():
   assert resize.scale_dimension(513, 1 / 16) == 33
   assert resize.scale_dimension(513, 1 / 4) == 129
   assert resize.scale_dimension(513, 0.5) == 257
+
+
+def test_inside_tflite_ops_each_resize_is_one_primitive_with_numpys_values():
+  from deeplab_jax.ops import pooling, tflite_ops  # pylint: disable=g-import-not-at-top
+  x = np.random.default_rng(1).normal(size=(2, 5, 7, 3)).astype(np.float32)
+
+  def fn(x):
+    pooled = pooling.global_average_pool(x)
+    return (resize.resize_bilinear(x, (9, 13)),
+            resize.resize_bilinear(x, (5, 7)),  # An identity, kept.
+            resize.resize_bilinear(pooled, (5, 7)))
+
+  with tflite_ops():
+    jaxpr = jax.make_jaxpr(fn)(x).jaxpr
+    got = jax.jit(fn)(x)
+  primitives = [eqn.primitive.name for eqn in jaxpr.eqns]
+  assert primitives.count('resize_bilinear') == 3
+  assert 'reduce_window' in primitives and 'reduce_sum' not in primitives
+  want = _numpy_align_corners(x, 9, 13)
+  np.testing.assert_allclose(got[0], want, atol=1e-5)
+  np.testing.assert_array_equal(got[1], x)
+  np.testing.assert_allclose(
+      got[2], np.broadcast_to(x.mean((1, 2), keepdims=True), x.shape),
+      atol=1e-6)
