@@ -152,7 +152,7 @@ def create_optimizer(train_config: Any, num_steps: int,
   """decay (masked) -> bias multiplier (masked) -> SGD/Adam [-> plateau]
   [-> backbone updates zeroed].
 
-  `freeze_backbone`: the resolved decision (`train.backbone_policy`),
+  `freeze_backbone`: the resolved decision (`train_step.backbone_policy`),
   not `train_config.freeze_backbone`, whose None means automatic.
 
   Adding `weight_decay * w` to the masked gradients equals the gradient of

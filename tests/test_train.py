@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from deeplab_jax import checkpoints, losses, train
+from deeplab_jax import checkpoints, losses, train, train_step
 from deeplab_jax.weights import tree
 from deeplab_jax.config import default_config
 from deeplab_jax.errors import NonFiniteLossError
@@ -385,7 +385,7 @@ def test_batch_norm_policy(freeze, batch, init_from, frozen, warns):
   config.train.freeze_batch_norm = freeze
   config.train.batch_size = batch
   config.train.init_from = init_from
-  got, reason, warning = train.batch_norm_policy(config, devices=1)
+  got, reason, warning = train_step.batch_norm_policy(config, devices=1)
   assert got == frozen, reason
   assert (warning is not None) == warns
   if warns and not frozen:
@@ -399,7 +399,7 @@ def test_batch_norm_policy(freeze, batch, init_from, frozen, warns):
   # Per device: 16 over 4 devices is 4 images each.
   config.train.freeze_batch_norm, config.train.init_from = None, None
   config.train.batch_size = 16
-  assert train.batch_norm_policy(config, devices=4)[0]
+  assert train_step.batch_norm_policy(config, devices=4)[0]
 
 
 def test_a_second_trainer_on_the_workdir_gets_one_line(tmp_path):
@@ -727,18 +727,18 @@ def test_a_folded_backbone_is_frozen_unless_forced_with_a_warning():
   with a reason; forcing it to train warns; other weights train whole."""
   config = default_config()
   config.train.init_from = 'mnv2_dm05_pascal_float_257'  # TFLite: folded.
-  frozen, reason, warning = train.backbone_policy(config)
+  frozen, reason, warning = train_step.backbone_policy(config)
   assert frozen and warning is None
   assert 'folded' in reason and 'freeze_backbone=False' in reason
   config.train.freeze_backbone = False
-  frozen, reason, warning = train.backbone_policy(config)
+  frozen, reason, warning = train_step.backbone_policy(config)
   assert not frozen and reason is None
   assert 'lose its features' in warning and 'unset' in warning
   config.train.freeze_backbone = True
-  assert train.backbone_policy(config) == (
+  assert train_step.backbone_policy(config) == (
       True, 'Backbone frozen (config.train.freeze_backbone=True).', None)
   config.train.freeze_backbone = None
   config.train.init_from = 'mnv2_pascal_train_aug'  # Unfolded TF checkpoint.
-  assert train.backbone_policy(config) == (False, None, None)
+  assert train_step.backbone_policy(config) == (False, None, None)
   config.train.init_from = None
-  assert train.backbone_policy(config) == (False, None, None)
+  assert train_step.backbone_policy(config) == (False, None, None)

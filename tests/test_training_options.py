@@ -13,7 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from deeplab_jax import checkpoints, distributed, losses, metric_writers, train
+from deeplab_jax import (checkpoints, distributed, losses, metric_writers,
+                         train, train_step)
 from deeplab_jax.config import validate_config
 from deeplab_jax.errors import ConfigError, MissingDependencyError
 from deeplab_jax.models import backbones
@@ -81,7 +82,7 @@ def test_micro_batches_split_each_devices_block():
   """Micro-batch i takes its share of every device's rows, so that no
   image moves between devices."""
   batch = {'x': np.arange(8)}
-  split = train.micro_batches(batch, 2, devices=2)['x']
+  split = train_step.micro_batches(batch, 2, devices=2)['x']
   np.testing.assert_array_equal(split, [[0, 1, 4, 5], [2, 3, 6, 7]])
 
 

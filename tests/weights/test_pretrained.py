@@ -203,13 +203,13 @@ def test_fine_tuning_an_official_model_keeps_it(voc_prepared,
   BatchNorm is frozen automatically, so fine-tuning keeps its accuracy
   (with batch statistics and the backbone trained, the sample mIoU falls
   from 0.61 to 0.08 in these 12 steps)."""
-  from deeplab_jax import checkpoints, cli, train  # pylint: disable=g-import-not-at-top
+  from deeplab_jax import checkpoints, cli, train, train_step  # pylint: disable=g-import-not-at-top
   config = _fine_tune_config(voc_prepared, shared_models_dir, steps=12)
-  frozen, reason, warning = train.batch_norm_policy(config, devices=1)
+  frozen, reason, warning = train_step.batch_norm_policy(config, devices=1)
   assert frozen and warning is None and 'folded' in reason
   # And its backbone, which has no normalisation left (the dm0.5 quantized
   # model trained whole lost 8 mIoU points in 60 steps at 1e-4).
-  frozen, reason, warning = train.backbone_policy(config)
+  frozen, reason, warning = train_step.backbone_policy(config)
   assert frozen and warning is None and 'folded' in reason
   evaluator = evaluate.Evaluator(config)
   before, _ = cli.inference_model(config, None)
