@@ -24,7 +24,9 @@ input_pipeline.py):
             architecture from configs/voc_pretrained.py, its inference path)
             against LiteRT (XNNPACK) on the .tflite file.
 
-How: every (framework, task) runs in its own long-lived worker process,
+How: every (framework, task) runs in its own long-lived worker process
+(all of them with tcmalloc preloaded where the system has it, as main.py
+runs; DEEPLAB_JAX_ALLOCATOR=system for glibc's malloc),
 pinned to the same `--threads` cores (torch.set_num_threads, LiteRT
 num_threads, sched_setaffinity for all). The workers compile and warm up
 first; then the parent asks them in turn, `--rounds` times, for `--steps`
@@ -41,6 +43,8 @@ compilation on a CPU, so not by default there).
 turn every round, so that only the one being timed is resident. On this
 2-core, 23 GB machine the resident peer slowed ours (batch 8) from 8.4 to
 12.3 s a step while PyTorch went from 8.7 to 9.7 s: compare both modes.
+With tcmalloc, which keeps what it frees, three resident workers at batch 8
+outgrow 23 GB (the kernel kills one): use --one_at_a_time there.
 
     --only=train,infer,tflite[,train_resnet50]   --batch_sizes=4,8   --crop=513
     --peers=eager,compile[,max-autotune]
@@ -494,9 +498,12 @@ def compare(args) -> list[dict]:
     # Two frameworks share the GPU: JAX takes memory as it needs it
     # instead of 75% up front.
     env.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+  from deeplab_jax import allocator  # pylint: disable=import-outside-toplevel
+  malloc = allocator.preloaded() or 'glibc'
   print(f'machine: {platform.processor() or platform.machine()}, '
         f'{os.cpu_count()} cores; {args.threads} thread(s)/core(s) for '
-        f'every framework; python {platform.python_version()}')
+        f'every framework; python {platform.python_version()}; malloc: '
+        f'{malloc} (DEEPLAB_JAX_ALLOCATOR=system: glibc)')
   print(f'{args.rounds} rounds x {args.steps} timed train steps '
         f'({args.infer_steps} inference calls) each, alternating; median '
         '(min-max); ratio = ours / peer (< 1: ours faster)\n')
@@ -647,6 +654,11 @@ def main() -> None:
                       help=argparse.SUPPRESS)
   parser.add_argument('--torch_compile', default='', help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if not args.worker:
+    # As main.py runs (tcmalloc where the system has it), for every worker:
+    # a tuned PyTorch user on a CPU preloads an allocator too.
+    from deeplab_jax import allocator  # pylint: disable=import-outside-toplevel
+    allocator.preload_tcmalloc()
   gpu = args.device == 'gpu'
   if args.threads is None:
     args.threads = len(os.sched_getaffinity(0)) if gpu else 2

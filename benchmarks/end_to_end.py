@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 
+from deeplab_jax import allocator
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -114,6 +116,8 @@ def pipeline_rates(args, data_dir: str) -> None:
 
 
 def main():
+  # As main.py runs: tcmalloc where the system has it.
+  allocator.preload_tcmalloc()
   parser = argparse.ArgumentParser(
       description=__doc__.splitlines()[0],
       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)

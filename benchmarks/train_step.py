@@ -18,11 +18,13 @@ import time
 import jax
 import numpy as np
 
-from deeplab_jax import distributed, train
+from deeplab_jax import allocator, distributed, train
 from deeplab_jax.config import load_config_file
 
 
 def main():
+  # As main.py runs: tcmalloc where the system has it.
+  allocator.preload_tcmalloc()
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--config', default='configs/voc.py')
   parser.add_argument('--batch_size', type=int, default=8)

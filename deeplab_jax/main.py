@@ -29,6 +29,7 @@ os.environ.setdefault(
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from deeplab_jax import allocator
 from deeplab_jax.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_STOPPED,
                                 DeepLabError)
 # The export formats' names for --help (the registry is their one list).
@@ -183,6 +184,7 @@ def main(argv) -> None:
 
 def console_main() -> None:
   """The `deeplab-jax` command (and `python main.py`)."""
+  allocator.preload_tcmalloc()
   app.run(main, flags_parser=parse_flags)
 
 

@@ -22,7 +22,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from deeplab_jax import (checkpoints, distributed, evaluate,
+from deeplab_jax import (allocator, checkpoints, distributed, evaluate,
                          metric_writers, optim, stopping, workdir_lock)
 from deeplab_jax.data import pipeline
 from deeplab_jax.data.datasets import class_names
@@ -360,8 +360,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
                else None)
   step = int(trainer.state.step)
   logging.info('Training %s from step %d to %d, global batch %d on %d '
-               'device(s).', config.model.head.type, step, num_steps,
-               config.train.batch_size, trainer.mesh.devices.size)
+               'device(s); memory allocator: %s.', config.model.head.type,
+               step, num_steps, config.train.batch_size,
+               trainer.mesh.devices.size,
+               allocator.preloaded() or 'the system malloc')
   pending: tuple[int, dict] | None = None
   window: list[dict[str, jax.Array]] = []
   last_logged: dict[str, Any] = {'step': step}
