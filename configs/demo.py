@@ -3,10 +3,11 @@ of shapes, 128x128 scenes), nothing to download.
 
     python main.py --config=configs/demo.py --workdir=runs/demo
 
-2 CPU cores, no GPU: 3 min end to end (1000 steps of 16, 7 steps/s), eval
-mIoU 0.82, pixel accuracy 0.96 on the 128 validation scenes. The mIoU of
-this short run moves by a few points with float rounding: it says "the
-pipeline learns", not more.
+2 CPU cores, no GPU: 2.1 min end to end with tcmalloc (1000 steps of 16,
+10.3 steps/s; 2.4 min and 7.6 steps/s with glibc's malloc), eval mIoU 0.90,
+pixel accuracy 0.98 on the 128 validation scenes. The mIoU of this short
+run moves by several points with the machine's float rounding (0.82 on
+another): it says "the pipeline learns", not more.
 """
 
 from deeplab_jax.config import default_config
