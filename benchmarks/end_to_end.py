@@ -44,9 +44,8 @@ def overrides(args) -> list[str]:
   return flags
 
 
-def real_loop(args, data_dir: str, workdir: str) -> tuple[list[float], str]:
-  """Images/s of each progress interval after the first, and the run's
-  log."""
+def real_loop(args, data_dir: str, workdir: str) -> list[float]:
+  """Images/s of each progress interval after the first."""
   command = [
       sys.executable, str(REPO / 'main.py'), f'--config={args.config}',
       f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
@@ -63,7 +62,7 @@ def real_loop(args, data_dir: str, workdir: str) -> tuple[list[float], str]:
   rates = [float(m) for m in re.findall(r'([0-9.]+) steps/s', log)]
   print(f'real loop: {args.steps} steps in {time.perf_counter() - start:.0f} '
         's (process start, compilation and the final save included)')
-  return [r * args.batch_size for r in rates[1:]], log
+  return [r * args.batch_size for r in rates[1:]]
 
 
 def synthetic_step(args) -> tuple[float, float]:
@@ -151,7 +150,7 @@ def main():
     config.data.data_dir = data_dir
     config.data.manual_dir = args.voc
     pipeline.prepare_dataset(config.data)
-    real, _ = real_loop(args, data_dir, workdir)
+    real = real_loop(args, data_dir, workdir)
     compile_seconds, synthetic = synthetic_step(args)
     if not real:
       raise SystemExit('main.py printed fewer than two progress lines: give '
