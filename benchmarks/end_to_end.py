@@ -156,9 +156,10 @@ def main():
       raise SystemExit('main.py printed fewer than two progress lines: give '
                        'more --steps or a smaller --log_every')
     median = statistics.median(real)
+    workers = pipeline.resolve_workers(config.data.num_workers)
     print(f'real loop  {median:7.2f} images/s (median of {len(real)} '
           f'intervals of {args.log_every} steps, {min(real):.2f}-'
-          f'{max(real):.2f}; {config.data.num_workers} data workers)')
+          f'{max(real):.2f}; {workers} data workers)')
     print(f'synthetic  {synthetic:7.2f} images/s (compiled in '
           f'{compile_seconds:.1f} s)')
     print(f'real / synthetic = {median / synthetic:.2f}')

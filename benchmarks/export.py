@@ -5,7 +5,7 @@
 Imports the official float dm0.5 257 model (../shared/models, or --tflite),
 exports it as float TFLite and ONNX, then alternates, round after round:
   * the official .tflite vs our .tflite export, both under LiteRT (XNNPACK);
-  * our JAX model (the jitted inference path eval uses) vs our .onnx under
+  * our JAX model under XLA (eval.cpu_runtime=xla) vs our .onnx under
     onnxruntime;
 timing `--runs` single-image calls each per round, and prints the medians,
 min-max and the ratios. Same thread count for every runtime.

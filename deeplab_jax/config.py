@@ -33,7 +33,7 @@ from deeplab_jax.data.datasets import DATASETS
 from deeplab_jax.data.folder_builder import MASK_FORMATS
 from deeplab_jax.errors import ConfigError
 from deeplab_jax.export.serving import OUTPUTS
-from deeplab_jax.inference import policy
+from deeplab_jax.inference import engines, policy
 from deeplab_jax.inference.runtimes import runtime_names
 from deeplab_jax.models import backbones
 from deeplab_jax.models.decoder import DECODERS
@@ -141,7 +141,9 @@ def default_config() -> ml_collections.ConfigDict:
   d.random_flip = True
   # Build the prepared dataset again (a damaged or outdated one).
   d.reprepare = False
-  d.num_workers = 2  # grain worker processes per host; 0 = in-process.
+  # grain worker processes per host; 0: in-process; -1: picked from the
+  # cores and the backend (data.pipeline.resolve_workers).
+  d.num_workers = -1
   d.prefetch_batches = 4  # Per worker.
 
   # ---------------------------------------------------------------- train
@@ -263,6 +265,11 @@ def default_config() -> ml_collections.ConfigDict:
   # and metrics (one scale, no flips; the export's settings in config.export).
   e.runtime = 'jax'
   e.model_file = config_dict.placeholder(str)
+  # How runtime 'jax' runs on a CPU: 'auto' converts a program that keeps
+  # running to LiteRT in memory (with the TF extra) and keeps it where it
+  # is faster and gives XLA's outputs; 'xla' or 'litert' always
+  # (deeplab_jax/inference/engines.py).
+  e.cpu_runtime = 'auto'
 
   # --------------------------------------------------------------- export
   # --mode=export --export_format=tflite|stablehlo (deeplab_jax/export/).
@@ -324,7 +331,7 @@ RULES: tuple[tuple[str, Check], ...] = (
     ('data.min_scale', ranged(0.0, 100.0, lo_open=True)),
     ('data.max_scale', ranged(lambda c: c.data.min_scale, 100.0)),
     ('data.scale_step', ranged(0.0, 100.0)),
-    ('data.num_workers', integer(0)),
+    ('data.num_workers', integer(-1)),
     ('data.prefetch_batches', integer()),
     ('train.batch_size', integer()),
     ('train.num_steps', integer()),
@@ -381,6 +388,7 @@ RULES: tuple[tuple[str, Check], ...] = (
     ('eval.follow_timeout', ranged(0.0, 1e9)),
     ('eval.follow_poll_seconds', ranged(0.0, 1e6, lo_open=True)),
     ('eval.runtime', registered(runtime_names)),
+    ('eval.cpu_runtime', choice(engines.CPU_RUNTIMES)),
     ('export.input_size', integer(0)),
     ('export.calibration_images', integer()),
     ('export.output', choice(OUTPUTS)),

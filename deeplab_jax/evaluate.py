@@ -141,7 +141,8 @@ class Evaluator:
     Returns:
       {'miou', 'per_class_iou' (by class name), 'pixel_accuracy', 'images',
        'step', 'seconds', 'compiles' (functions traced anew: 0 once every
-       image shape has been seen), 'compile_seconds', ...}; also written to
+       image shape has been seen), 'compile_seconds', 'engine' (XLA or
+       LiteRT: eval.cpu_runtime), ...}; also written to
        <workdir>/eval/metrics.json.
     """
     if out_dir is None and workdir:
@@ -150,12 +151,13 @@ class Evaluator:
       summary = self._evaluate(weights, out_dir=out_dir, step=step,
                                split=split, source=source)
     summary.update(compiles=compiles.lowerings,
-                   compile_seconds=round(compiles.compile_seconds, 3))
+                   compile_seconds=round(compiles.compile_seconds, 3),
+                   engine=self.segmenter.engine())
     logging.info('eval step %s: mIoU %.4f, pixel accuracy %.4f on %d images '
-                 'in %.1f s (%d new compilations, %.1f s compiling)', step,
-                 summary['miou'], summary['pixel_accuracy'],
+                 'in %.1f s (%d new compilations, %.1f s compiling; %s)',
+                 step, summary['miou'], summary['pixel_accuracy'],
                  summary['images'], summary['seconds'], summary['compiles'],
-                 summary['compile_seconds'])
+                 summary['compile_seconds'], summary['engine'])
     out_dir = epath.Path(out_dir) if out_dir else None
     if out_dir is not None and jax.process_index() == 0:
       out_dir.mkdir(parents=True, exist_ok=True)

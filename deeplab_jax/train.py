@@ -360,9 +360,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
                else None)
   step = int(trainer.state.step)
   logging.info('Training %s from step %d to %d, global batch %d on %d '
-               'device(s); memory allocator: %s.', config.model.head.type,
-               step, num_steps, config.train.batch_size,
-               trainer.mesh.devices.size,
+               'device(s); %d data worker(s)%s; memory allocator: %s.',
+               config.model.head.type, step, num_steps,
+               config.train.batch_size, trainer.mesh.devices.size,
+               pipeline.resolve_workers(config.data.num_workers),
+               ' (auto)' if config.data.num_workers < 0 else '',
                allocator.preloaded() or 'the system malloc')
   pending: tuple[int, dict] | None = None
   window: list[dict[str, jax.Array]] = []

@@ -12,10 +12,11 @@ import os
 from typing import Any
 
 from deeplab_jax.export import serving
+from deeplab_jax.ops import tflite_graph
 
 
 def export(model: Any, config: Any, path: str) -> str:
-  tf = serving.tensorflow()
+  tf = tflite_graph.tensorflow()
   from jax.experimental import jax2tf  # pylint: disable=import-outside-toplevel
   fn, dtype = serving.serving_function(model, config)
   height, width = serving.input_size(config)

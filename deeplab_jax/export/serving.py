@@ -14,23 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from deeplab_jax.errors import MissingDependencyError
 from deeplab_jax.models import backbones, fold_batch_norm
 from deeplab_jax.ops import native_ops
 
 OUTPUTS = ('logits', 'probabilities', 'argmax')
-
-
-def tensorflow():
-  """The `tensorflow` module, which the TF-based exports need (an optional
-  extra; MissingDependencyError naming it otherwise)."""
-  try:
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise MissingDependencyError(
-        'This export needs TensorFlow, an optional extra: pip install '
-        '"deeplab_jax[tf]" (or pip install -r requirements-tf.txt).') from e
-  return tf
 
 
 def input_size(config: Any) -> tuple[int, int]:

@@ -23,7 +23,7 @@ from flax import nnx
 from PIL import Image
 
 from deeplab_jax import distributed
-from deeplab_jax.inference import blend, programs, runtimes
+from deeplab_jax.inference import blend, engines, programs, runtimes
 from deeplab_jax.inference.policy import InferencePolicy
 from deeplab_jax.models import backbones
 from deeplab_jax.ops.resize import resize_bilinear, scale_dimension
@@ -154,9 +154,24 @@ class Segmenter:
                                weights))
       return jnp.stack(sums)
 
-    self._whole = programs.jit(whole, in_shardings=in_shardings)
-    self._tiles = programs.jit(tiles)
+    runtime = config.eval.cpu_runtime
+    self._whole = engines.Program(
+        whole, programs.jit(whole, in_shardings=in_shardings), runtime,
+        name='whole image')
+    self._tiles = engines.Program(tiles, programs.jit(tiles), runtime,
+                                  name='tiles')
     self._feature_sums = programs.jit(feature_sums)
+
+  def engine(self) -> str:
+    """What ran the model so far: 'XLA', 'LiteRT' (eval.cpu_runtime; per
+    program where they differ) or an exported file's runtime."""
+    if self.graphdef is None:
+      return self.config.eval.runtime
+    engines_used = {'whole images': self._whole.engine(),
+                    'tiles': self._tiles.engine()}
+    if len(set(engines_used.values())) == 1:
+      return engines_used['tiles']
+    return '; '.join(f'{k}: {v}' for k, v in engines_used.items())
 
   # ------------------------------------------------------------ weights
 
@@ -185,7 +200,7 @@ class Segmenter:
     output stride), read off the tile program's output shape."""
     if self._grid_stride is None:
       tile = self.policy.tile()
-      out = jax.eval_shape(self._tiles, self._abstract_leaves,
+      out = jax.eval_shape(self._tiles.xla, self._abstract_leaves,
                            jax.ShapeDtypeStruct((1, tile, tile, 3),
                                                 jnp.float32))[0]
       self._grid_stride = (tile - 1) // (out.shape[2] - 1)

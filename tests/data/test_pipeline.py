@@ -168,3 +168,17 @@ def test_offline_download_fails_at_once_naming_manual_dir(monkeypatch,
                      r'host.robots.ox.ac.uk.*--config.data.manual_dir'):
     pipeline.prepare_dataset(config.data)
   assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize('backend,cores,expected', [
+    ('cpu', 1, 0), ('cpu', 2, 1), ('cpu', 64, 1),
+    ('gpu', 1, 0), ('gpu', 16, 15), ('gpu', 96, pipeline.MAX_AUTO_WORKERS)])
+def test_auto_worker_count_follows_the_cores_and_the_backend(
+    monkeypatch, backend, cores, expected):
+  """-1 (the default): a CPU's train step needs one worker, a GPU's all
+  the cores but the main process's; a number is kept as it is."""
+  monkeypatch.setattr(pipeline.jax, 'default_backend', lambda: backend)
+  monkeypatch.setattr(pipeline.os, 'sched_getaffinity',
+                      lambda pid: set(range(cores)), raising=False)
+  assert pipeline.resolve_workers(-1) == expected
+  assert pipeline.resolve_workers(3) == 3 and pipeline.resolve_workers(0) == 0

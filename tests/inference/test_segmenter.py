@@ -42,6 +42,9 @@ def official(voc_prepared, shared_models_dir):
   config.eval.num_result_images = 0
   config.eval.input_scale = 'native'
   config.train.init_from = str(shared_models_dir / FLOAT)
+  # Geometry, compared exactly: one engine (tests/inference/test_engines.py
+  # compares LiteRT with XLA).
+  config.eval.cpu_runtime = 'xla'
   model = pretrained.load_model_file(config.train.init_from, config)
   return config, model
 
