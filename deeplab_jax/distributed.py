@@ -3,6 +3,7 @@ device of every process; batches sharded on it, parameters replicated."""
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -15,6 +16,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from deeplab_jax.errors import ConfigError
 
 DATA_AXIS = 'data'
+
+
+def available_cores() -> int:
+  """CPU cores this process may run on (its affinity: a scheduler's
+  allocation, not the machine's count)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not Linux.
+    return os.cpu_count() or 1
 
 
 def initialize(coordinator_address: str | None = None,

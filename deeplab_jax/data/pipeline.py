@@ -31,6 +31,7 @@ from absl import flags
 from array_record.python import array_record_module
 from etils import epath
 
+from deeplab_jax import distributed
 from deeplab_jax.data import augment
 from deeplab_jax.data.datasets import (DatasetSpec, check_download_hosts,
                                        check_manual_dir, dataset_spec)
@@ -261,10 +262,7 @@ def resolve_workers(num_workers: int) -> int:
   every core busy at a few images a second, one (none on a single core)."""
   if num_workers >= 0:
     return num_workers
-  try:
-    cores = len(os.sched_getaffinity(0))
-  except AttributeError:  # Not Linux.
-    cores = os.cpu_count() or 1
+  cores = distributed.available_cores()
   if jax.default_backend() == 'cpu':
     return 1 if cores > 1 else 0
   return max(0, min(cores - 1, MAX_AUTO_WORKERS))

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deeplab_jax import distributed
 from deeplab_jax.errors import ConfigError
 from deeplab_jax.ops import tflite_graph
 
@@ -50,14 +50,6 @@ AUTO_AFTER_SECONDS = 4.0
 TOLERANCE = 1e-3
 
 
-def litert_threads() -> int:
-  """The cores this process may use (LiteRT's default is one)."""
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:  # Not Linux.
-    return os.cpu_count() or 1
-
-
 class LiteRTProgram:
   """A TFLite flatbuffer under LiteRT: (*arrays) -> tuple of float32
   arrays of `out_shapes` (a program with several outputs returns them
@@ -66,7 +58,7 @@ class LiteRTProgram:
   def __init__(self, flatbuffer: bytes, out_shapes: list[tuple[int, ...]]):
     from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
     self._interpreter = Interpreter(model_content=flatbuffer,
-                                    num_threads=litert_threads())
+                                    num_threads=distributed.available_cores())
     self._interpreter.allocate_tensors()
     inputs = self._interpreter.get_input_details()
     if len(inputs) > 1:  # Named input_0, input_1, ... by the exporter.

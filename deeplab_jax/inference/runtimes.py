@@ -37,6 +37,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from deeplab_jax import distributed
 from deeplab_jax.errors import ConfigError, MissingDependencyError
 from deeplab_jax.models import backbones
 from deeplab_jax.registry import Registry
@@ -49,7 +50,7 @@ def _litert(path: str, check: Callable[..., None]
     raise MissingDependencyError(
         'eval.runtime=litert needs LiteRT: pip install ai-edge-litert') from e
   try:
-    interpreter = Interpreter(model_path=path, num_threads=os.cpu_count())
+    interpreter = Interpreter(model_path=path, num_threads=distributed.available_cores())
   except ValueError as e:
     raise ConfigError(f'{path} is not a TFLite file LiteRT can read ({e}).'
                       ) from None

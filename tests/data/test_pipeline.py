@@ -178,7 +178,7 @@ def test_auto_worker_count_follows_the_cores_and_the_backend(
   """-1 (the default): a CPU's train step needs one worker, a GPU's all
   the cores but the main process's; a number is kept as it is."""
   monkeypatch.setattr(pipeline.jax, 'default_backend', lambda: backend)
-  monkeypatch.setattr(pipeline.os, 'sched_getaffinity',
-                      lambda pid: set(range(cores)), raising=False)
+  monkeypatch.setattr(pipeline.distributed, 'available_cores',
+                      lambda: cores)
   assert pipeline.resolve_workers(-1) == expected
   assert pipeline.resolve_workers(3) == 3 and pipeline.resolve_workers(0) == 0

@@ -64,7 +64,8 @@ def _assert_close(got, want):
 
 
 def test_litert_whole_images_give_xla_logits():
-  """Several scales and flips: one program with several outputs."""
+  """Several scales and flips: one program with several outputs, of the
+  MobileNetV2 model (the other tests take the toy backbone)."""
   scales, flip = (0.5, 1.0), True
   segmenter, weights, _ = _segmenter(_config('litert', scales=scales,
                                              flip=flip))
@@ -76,9 +77,10 @@ def test_litert_whole_images_give_xla_logits():
   assert len(got) == len(scales) and got[0].shape[0] == 2
 
 
-def test_litert_tiles_with_the_image_mean_feature_give_xla_logits():
+def test_litert_tiles_with_the_image_mean_feature_give_xla_logits(
+    toy_model):
   """The tile program takes the image's mean feature as a second input."""
-  segmenter, weights, _ = _segmenter(_config('litert'))
+  segmenter, weights, _ = _segmenter(_config('litert', toy_model))
   tiles = _canvases(3, 33)
   context = _context(segmenter, weights)
   got = segmenter._tiles(weights, tiles, context)  # pylint: disable=protected-access
@@ -99,14 +101,14 @@ def _context(segmenter, weights):
   return (sums / 9.0)[:, None, None, :]
 
 
-def test_slide_mode_through_litert_gives_xla_classes():
+def test_slide_mode_through_litert_gives_xla_classes(toy_model):
   """A whole segmentation in slide mode (context pass, tiles, blending)
   under LiteRT and under XLA: the same classes."""
   image = np.random.default_rng(3).integers(0, 255, (90, 120, 3), np.uint8)
   results = {}
   for runtime in ('litert', 'xla'):
     segmenter, weights, _ = _segmenter(_config(
-        runtime, mode='slide', tile_size=33, tile_batch=4))
+        runtime, toy_model, mode='slide', tile_size=33, tile_batch=4))
     results[runtime] = segmenter.segment(weights, image,
                                          with_confidence=True)
   np.testing.assert_allclose(results['litert'].confidence,
