@@ -40,10 +40,12 @@ from deeplab_jax.ops import tflite_graph
 
 CPU_RUNTIMES = ('auto', 'xla', 'litert')
 
-# XLA seconds one input shape runs before 'auto' converts it: a few
-# conversions' worth (the voc.py model converts in 3.4 s, and wins 18 ms a
-# call), so that a handful of calls never pays for one.
-AUTO_AFTER_SECONDS = 4.0
+# XLA seconds (after the compiling call) one input shape runs before
+# 'auto' converts it. Converting costs C (about 4.5 s with TensorFlow's
+# import) and saves a share g of each call (about a third); waiting C / g
+# of XLA calls before converting never costs more than twice the best
+# choice in hindsight, however long the program runs (ski rental).
+AUTO_AFTER_SECONDS = 15.0
 
 # Largest |LiteRT - XLA| output difference accepted, relative to the
 # largest |XLA output| (at least 1): float32 summation order, ~1e-5 here.
@@ -153,6 +155,7 @@ class Program:
     self._shapes: dict[tuple, _Shape] = {}
     self._weights = None
     self.choices: dict[str, str] = {}  # Shape -> engine, for reports.
+    self._called = False
 
   @property
   def xla(self) -> Callable:
@@ -168,8 +171,11 @@ class Program:
     first call then holds the conversion)."""
     return self._call(weights, args, decide_now=True)
 
-  def engine(self) -> str:
-    """'XLA', 'LiteRT', or both with the shapes, for reports."""
+  def engine(self) -> str | None:
+    """'XLA', 'LiteRT', or both with the shapes, for reports (None: never
+    called)."""
+    if not self._called:
+      return None
     used = sorted(set(self.choices.values()))
     if not used or used == ['xla']:
       return 'XLA'
@@ -179,6 +185,7 @@ class Program:
 
   def _call(self, weights: Any, args: tuple, *, decide_now: bool
             ) -> tuple[Any, ...]:
+    self._called = True
     if self._runtime == 'xla' or (self._unavailable and not self._say):
       return self._jitted(weights, *args)
     if weights is not self._weights:  # New weights: convert again.

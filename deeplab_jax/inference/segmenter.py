@@ -152,7 +152,7 @@ class Segmenter:
         features = features[:, :, ::-1] if f else features
         sums.append(jnp.einsum('nhwc,nhw->c', features.astype(jnp.float32),
                                weights))
-      return jnp.stack(sums)
+      return (jnp.stack(sums),)
 
     runtime = config.eval.cpu_runtime
     self._whole = engines.Program(
@@ -160,18 +160,22 @@ class Segmenter:
         name='whole image')
     self._tiles = engines.Program(tiles, programs.jit(tiles), runtime,
                                   name='tiles')
-    self._feature_sums = programs.jit(feature_sums)
+    self._feature_sums = engines.Program(
+        feature_sums, programs.jit(feature_sums), runtime,
+        name='image features')
 
   def engine(self) -> str:
     """What ran the model so far: 'XLA', 'LiteRT' (eval.cpu_runtime; per
     program where they differ) or an exported file's runtime."""
     if self.graphdef is None:
       return self.config.eval.runtime
-    engines_used = {'whole images': self._whole.engine(),
-                    'tiles': self._tiles.engine()}
-    if len(set(engines_used.values())) == 1:
-      return engines_used['tiles']
-    return '; '.join(f'{k}: {v}' for k, v in engines_used.items())
+    used = {name: program.engine() for name, program in (
+        ('whole images', self._whole), ('tiles', self._tiles),
+        ('image features', self._feature_sums))}
+    used = {name: engine for name, engine in used.items() if engine}
+    if len(set(used.values())) <= 1:
+      return next(iter(used.values()), 'XLA')
+    return '; '.join(f'{name}: {engine}' for name, engine in used.items())
 
   # ------------------------------------------------------------ weights
 
@@ -310,7 +314,7 @@ class Segmenter:
       chunk = tiles[first:first + size]
       mask = self._core_weights(tiling, chunk)
       sums = np.asarray(self._feature_sums(
-          weights, self._tile_batch(scaled, tiling, chunk), mask),
+          weights, self._tile_batch(scaled, tiling, chunk), mask)[0],
                         np.float64)
       total = sums if total is None else total + sums
       count += float(mask.sum())

@@ -41,7 +41,8 @@ def _segmenter(config, seed=0):
   graphdef, state = nnx.split(programs.folded(model))
   segmenter = Segmenter(config, graphdef)
   segmenter.engine_log = []
-  for program in (segmenter._whole, segmenter._tiles):  # pylint: disable=protected-access
+  for program in (segmenter._whole, segmenter._tiles,  # pylint: disable=protected-access
+                  segmenter._feature_sums):  # pylint: disable=protected-access
     program._log = segmenter.engine_log.append  # pylint: disable=protected-access
   return segmenter, segmenter.bind(state), state
 
@@ -97,13 +98,13 @@ def _context(segmenter, weights):
   """A [flips, 1, 1, C] mean backbone feature, as slide mode computes."""
   tiles = _canvases(1, 33, seed=2)
   mask = np.ones((1, 3, 3), np.float32)
-  sums = np.asarray(segmenter._feature_sums(weights, tiles, mask))  # pylint: disable=protected-access
+  sums = np.asarray(segmenter._feature_sums(weights, tiles, mask)[0])  # pylint: disable=protected-access
   return (sums / 9.0)[:, None, None, :]
 
 
 def test_slide_mode_through_litert_gives_xla_classes(toy_model):
-  """A whole segmentation in slide mode (context pass, tiles, blending)
-  under LiteRT and under XLA: the same classes."""
+  """A whole segmentation in slide mode (the image's mean feature, tiles,
+  blending) under LiteRT and under XLA: the same classes."""
   image = np.random.default_rng(3).integers(0, 255, (90, 120, 3), np.uint8)
   results = {}
   for runtime in ('litert', 'xla'):
@@ -111,6 +112,9 @@ def test_slide_mode_through_litert_gives_xla_classes(toy_model):
         runtime, toy_model, mode='slide', tile_size=33, tile_batch=4))
     results[runtime] = segmenter.segment(weights, image,
                                          with_confidence=True)
+    # Both slide passes (the image's mean feature, then the tiles) ran.
+    assert segmenter.engine() == {'litert': 'LiteRT', 'xla': 'XLA'}[runtime]
+    assert len(segmenter._feature_sums.choices) == (runtime == 'litert')  # pylint: disable=protected-access
   np.testing.assert_allclose(results['litert'].confidence,
                              results['xla'].confidence, atol=1e-4)
   same = np.mean(results['litert'].classes == results['xla'].classes)
