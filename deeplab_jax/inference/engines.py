@@ -246,7 +246,7 @@ class Program:
                 for a, b in zip(litert_out, reference))
     scale = max([1.0] + [float(np.max(np.abs(b))) for b in reference
                          if b.size])
-    if error > TOLERANCE * scale:
+    if not error <= TOLERANCE * scale:  # NaN differs too.
       if self._runtime == 'litert':
         raise ConfigError(
             f"config.eval.cpu_runtime='litert': LiteRT's {self._name} "

@@ -192,9 +192,15 @@ def test_new_weights_are_converted_again(monkeypatch, toy_model):
   assert len(segmenter.engine_log) == 1  # The choice is kept, not re-timed.
 
 
-def test_outputs_that_differ_keep_xla(monkeypatch, toy_model):
+@pytest.mark.parametrize('how', ['beyond the tolerance', 'NaN'])
+def test_outputs_that_differ_keep_xla(monkeypatch, toy_model, how):
   monkeypatch.setattr(engines, 'AUTO_AFTER_SECONDS', 0.0)
-  monkeypatch.setattr(engines, 'TOLERANCE', -1.0)
+  if how == 'NaN':
+    original = engines.LiteRTProgram.__call__
+    monkeypatch.setattr(engines.LiteRTProgram, '__call__', lambda self, *a: (
+        tuple(np.full_like(o, np.nan) for o in original(self, *a))))
+  else:
+    monkeypatch.setattr(engines, 'TOLERANCE', -1.0)
   segmenter, weights, _ = _segmenter(_config('auto', toy_model))
   segmenter.whole_grids(weights, _canvases())
   assert segmenter._whole.choices == {'2x65x65x3': 'xla'}  # pylint: disable=protected-access
