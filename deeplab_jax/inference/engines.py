@@ -215,10 +215,10 @@ class Program:
                 f'({self._unavailable}).')
       self._runtime = 'xla'
       return out
-    return self._decide(shape, key, weights, args, out, seconds)
+    return self._decide(shape, key, weights, args, out)
 
   def _decide(self, shape: _Shape, key: tuple, weights: Any, args: tuple,
-              xla_out: tuple, xla_seconds: float) -> tuple[Any, ...]:
+              xla_out: tuple) -> tuple[Any, ...]:
     """Converts for this shape and weights, checks against `xla_out` and,
     the first time, keeps the faster engine for the shape."""
     present = [np.asarray(a) for a in args if a is not None]
@@ -256,9 +256,10 @@ class Program:
                             xla_out)
     if shape.choice is None:
       litert_seconds = min(_seconds(program, present) for _ in range(3))
-      xla_seconds = min([xla_seconds] + [
-          _seconds(lambda: jax.block_until_ready(
-              self._jitted(weights, *args)), ()) for _ in range(2)])
+      # Timed apart from the call that brought us here (it may have
+      # compiled).
+      xla_seconds = min(_seconds(lambda: jax.block_until_ready(
+          self._jitted(weights, *args)), ()) for _ in range(2))
       faster = (self._runtime == 'litert' or litert_seconds < xla_seconds)
       shape.choice = 'litert' if faster else 'xla'
       self.choices[label] = shape.choice
